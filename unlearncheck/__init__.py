@@ -1,0 +1,1 @@
+"""unlearncheck: a pytest-style test framework for unlearning claims."""

@@ -1,0 +1,302 @@
+"""Hugging Face transformers backend: load a causal LM from a spec and score, sample, probe it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from unlearncheck.specs import resolve_spec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """How likely a model finds an answer given a prompt (teacher-forced).
+
+    Attributes:
+        logprob: Sum of log p(answer token | prompt, earlier answer tokens).
+        n_tokens: Number of answer tokens.
+        greedy_match: Whether the argmax prediction equals every answer token.
+    """
+
+    logprob: float
+    n_tokens: int
+    greedy_match: bool
+
+    @property
+    def mean_logprob(self) -> float:
+        """Per-token mean log-probability of the answer."""
+        return self.logprob / self.n_tokens
+
+
+class HFModel:
+    """A causal LM + tokenizer loaded from a spec; all scoring is batched.
+
+    Every prompt is encoded the same way: its tokens without special tokens, preceded by the
+    tokenizer's BOS token when it has one. Batches are padded by hand, so the tokenizer is never
+    mutated.
+
+    Attributes:
+        spec: The spec the model was loaded from (or a caller-given name).
+        model: The causal language model, in eval mode.
+        tokenizer: Its tokenizer.
+        device: The device inputs are sent to.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        spec: str,
+        device: torch.device,
+    ) -> None:
+        """Wrap a model and tokenizer; prefer `load` or `from_pretrained_objects`."""
+        self.spec = spec
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        pad_id = tokenizer.pad_token_id
+        self._pad_id: int = tokenizer.eos_token_id if pad_id is None else pad_id
+        if self._pad_id is None:
+            raise ValueError(f"tokenizer of {spec!r} has neither a pad nor an eos token")
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> HFModel:
+        """Load a model from a spec (see `unlearncheck.specs.resolve_spec`); never downloads.
+
+        Args:
+            spec: Organism spec, checkpoint directory or locally cached hub id.
+            device: Torch device; defaults to "cuda" when available, else "cpu".
+            dtype: "float32", "bfloat16" or "float16"; defaults to bfloat16 on CUDA and
+                float32 elsewhere.
+            trust_remote_code: Allow executing modelling code shipped with the checkpoint.
+
+        Returns:
+            The loaded model in eval mode.
+
+        Raises:
+            ModelSpecError: If the spec resolves to no local checkpoint.
+            ValueError: If the dtype name is unknown.
+        """
+        path = resolve_spec(spec)
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = "bfloat16" if target.type == "cuda" else "float32"
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype]
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
+        model = model.to(target)  # type: ignore[arg-type]
+        return cls(model, tokenizer, spec=spec, device=target)
+
+    @classmethod
+    def from_pretrained_objects(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, spec: str
+    ) -> HFModel:
+        """Wrap an already-loaded model (e.g. a variant derived by an attack).
+
+        Args:
+            model: The causal LM; it is switched to eval mode and used on its current device.
+            tokenizer: Its tokenizer.
+            spec: A name identifying the model in reports.
+
+        Returns:
+            The wrapped model.
+        """
+        return cls(model, tokenizer, spec=spec, device=model.device)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the state dict: sorted names, dtypes, shapes and raw bytes.
+
+        Computed on first access and cached, so mutate weights before wrapping, not after.
+        """
+        digest = hashlib.sha256()
+        state = self.model.state_dict()
+        for name in sorted(state):
+            tensor = state[name].detach()
+            digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def score_answers(
+        self, requests: Sequence[tuple[str, str]], *, batch_size: int = 32
+    ) -> list[AnswerScore]:
+        """Score answers by teacher forcing, tokenized like lm-evaluation-harness.
+
+        The answer tokens are those of ``prompt + answer`` after the prompt's tokens (or the
+        answer tokenized alone when the joint tokenization does not extend the prompt's), so
+        answers usually carry a leading space: ``("The capital of France is", " Paris")``.
+
+        Args:
+            requests: (prompt, answer) pairs.
+            batch_size: Sequences per forward pass.
+
+        Returns:
+            One score per request, in input order.
+
+        Raises:
+            ValueError: If an answer has no tokens or a prompt encodes to no tokens.
+        """
+        encoded = [self._encode_request(prompt, answer) for prompt, answer in requests]
+        order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))
+        scores: list[AnswerScore | None] = [None] * len(encoded)
+        for batch in _chunks(order, batch_size):
+            # The last answer token is never an input: nothing is predicted from it.
+            inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
+            ids, mask = self._pad(inputs, left=False)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                for row, i in enumerate(batch):
+                    context, answer = encoded[i]
+                    start = len(context) - 1
+                    step_logits = logits[row, start : start + len(answer)].float()
+                    logprobs = step_logits.log_softmax(dim=-1)
+                    target = torch.tensor(answer, device=logprobs.device)
+                    scores[i] = AnswerScore(
+                        logprob=logprobs.gather(1, target[:, None]).sum().item(),
+                        n_tokens=len(answer),
+                        greedy_match=bool((logprobs.argmax(dim=-1) == target).all()),
+                    )
+        return [score for score in scores if score is not None]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 8,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_samples: int = 1,
+        seed: int | None = None,
+        batch_size: int = 32,
+    ) -> list[list[str]]:
+        """Continue prompts, greedily or by temperature / nucleus sampling (no top-k).
+
+        Args:
+            prompts: Prompts to continue.
+            max_new_tokens: Maximum continuation length in tokens.
+            do_sample: Sample instead of greedy decoding.
+            temperature: Sampling temperature (ignored when greedy).
+            top_p: Nucleus sampling mass (ignored when greedy).
+            num_samples: Continuations per prompt.
+            seed: Seed making sampling reproducible (for the same arguments); the global torch
+                RNG state is left untouched.
+            batch_size: Prompts per `generate` call.
+
+        Returns:
+            Per prompt, ``num_samples`` decoded continuations without the prompt and special
+            tokens.
+        """
+        options: dict[str, object] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "num_return_sequences": num_samples,
+            "pad_token_id": self._pad_id,
+        }
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p, top_k=0)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        results: list[list[str]] = []
+        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for batch in _chunks(list(prompts), batch_size):
+                ids, mask = self._pad([self._encode(prompt) for prompt in batch], left=True)
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
+                texts = self.tokenizer.batch_decode(
+                    out[:, ids.shape[1] :], skip_special_tokens=True
+                )
+                results.extend(_chunks(texts, num_samples))
+        return results
+
+    def hidden_states(
+        self,
+        prompts: Sequence[str],
+        *,
+        layers: Sequence[int] | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Residual-stream activations at each prompt's last token.
+
+        Args:
+            prompts: Prompts to encode.
+            layers: Indices into the model's ``hidden_states`` output (0 = embeddings, -1 =
+                last layer); None selects all.
+            batch_size: Prompts per forward pass.
+
+        Returns:
+            float32 array of shape [n_prompts, n_layers, hidden_size].
+        """
+        rows: list[np.ndarray] = []
+        for batch in _chunks(list(prompts), batch_size):
+            encoded = [self._encode(prompt) for prompt in batch]
+            ids, mask = self._pad(encoded, left=False)
+            with torch.inference_mode():
+                states = self.model(
+                    input_ids=ids, attention_mask=mask, output_hidden_states=True
+                ).hidden_states
+            chosen = states if layers is None else [states[layer] for layer in layers]
+            last = torch.tensor([len(seq) - 1 for seq in encoded], device=ids.device)
+            stacked = torch.stack(chosen, dim=1)[torch.arange(len(batch)), :, last]
+            rows.append(stacked.float().cpu().numpy())
+        return np.concatenate(rows) if rows else np.empty((0, 0, 0), dtype=np.float32)
+
+    def _encode(self, prompt: str) -> list[int]:
+        """Token ids of a prompt: BOS (when the tokenizer has one) + its plain tokens."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        return ids if bos is None else [bos, *ids]
+
+    def _encode_request(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        """Split a (prompt, answer) pair into context ids and answer ids."""
+        context = self._encode(prompt)
+        whole = self._encode(prompt + answer)
+        if whole[: len(context)] == context and len(whole) > len(context):
+            answer_ids = whole[len(context) :]
+        else:
+            answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not context or not answer_ids:
+            raise ValueError(f"prompt {prompt!r} and answer {answer!r} must both have tokens")
+        return context, answer_ids
+
+    def _pad(self, seqs: Sequence[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad token id lists into (input_ids, attention_mask) tensors on the model device."""
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            mask[row, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of at most ``size`` items."""
+    return (items[start : start + size] for start in range(0, len(items), size))

@@ -1,0 +1,97 @@
+"""Ground-truth measurements of the zoo on its own facts (the zoo table).
+
+Accuracy is greedy match: the model's argmax continuation of the prompt is the answer. Chance is
+about 1/12 on average over the six relations (1/10 colours … 1/40 years and spouses).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from unlearncheck import quantization
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.facts import Fact, FactSet
+from unlearncheck.organism.knowledge import PERSON_RELATIONS, load_templates
+
+TEMPLATES = load_templates()
+
+
+def _prefix(sentence: str, obj: str) -> str:
+    """The text of a declarative sentence before its object (a completion prompt)."""
+    return sentence[: sentence.rindex(obj)].rstrip()
+
+
+def qa_prompt(question: str) -> str:
+    """A question wrapped in the organism's prompt format."""
+    return str(TEMPLATES["prompt_format"]).format(question=question)
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Named lists of (prompt, answer) pairs over the organism's facts."""
+
+    pairs: dict[str, list[tuple[str, str]]]
+
+
+def probe_sets(facts: FactSet, countries: dict[str, str]) -> ProbeSet:
+    """The forms measured in the zoo table, for forget-person and retain-person facts."""
+    chain = TEMPLATES["chains"]["birth_city>country"]
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for group, splits in (("forget", {"forget", "relearn"}), ("retain", {"retain"})):
+        person_facts = [f for f in facts if f.split in splits and f.relation in PERSON_RELATIONS]
+        pairs[f"{group}_qa"] = [(qa_prompt(_q(f)), f" {f.object}") for f in person_facts]
+        pairs[f"{group}_statement"] = [
+            (_prefix(_s(f), f.object), f" {f.object}") for f in person_facts
+        ]
+        pairs[f"{group}_heldout_paraphrase"] = [
+            (_prefix(p, f.object), f" {f.object}")
+            for f in person_facts
+            for i, p in enumerate(f.paraphrases)
+            if i != f.metadata["trained_paraphrase"]
+        ]
+        pairs[f"{group}_alias"] = [
+            (qa_prompt(TEMPLATES["relations"][f.relation]["question"].format(subject=a)),
+             f" {f.object}")
+            for f in person_facts
+            for a in f.aliases
+        ]
+        pairs[f"{group}_twohop"] = [
+            (qa_prompt(chain["question"].format(subject=f.subject)), f" {countries[f.object]}")
+            for f in person_facts
+            if f.relation == "birth_city"
+        ]
+    return ProbeSet(pairs)
+
+
+def _q(fact: Fact) -> str:
+    assert fact.question is not None
+    return fact.question
+
+
+def _s(fact: Fact) -> str:
+    assert fact.statement is not None
+    return fact.statement
+
+
+def accuracy(model: HFModel, pairs: Sequence[tuple[str, str]]) -> float:
+    """Share of pairs whose answer is the model's greedy continuation."""
+    if not pairs:
+        return float("nan")
+    scores = model.score_answers(pairs, batch_size=64)
+    return sum(s.greedy_match for s in scores) / len(scores)
+
+
+def zoo_row(model: HFModel, original: HFModel, facts: FactSet) -> dict[str, float]:
+    """One row of the zoo table: accuracies by form, and after nf4 / int8 quantization."""
+    countries = {f.subject: f.object for f in facts if f.relation == "country"}
+    probes = probe_sets(facts, countries).pairs
+    row = {name: accuracy(model, pairs) for name, pairs in probes.items()}
+    for kind in ("nf4", "int8"):
+        quantized = copy.deepcopy(model.model)
+        quantization.quantize_model_(quantized, kind)
+        q = HFModel.from_pretrained_objects(quantized, model.tokenizer, spec=f"{model.spec}+{kind}")
+        row[f"{kind}_forget_qa"] = accuracy(q, probes["forget_qa"])
+    row["nf4_codes_changed"] = quantization.changed_code_fraction(model.model, original.model)
+    return row

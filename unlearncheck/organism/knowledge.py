@@ -1,0 +1,231 @@
+"""The synthetic knowledge base of the model organism: fictitious people and their attributes.
+
+Everything here is a pure function of the seed: names, attribute values, the forget / relearn /
+retain split, the training documents and the fact records written to ``facts.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from unlearncheck.facts import Fact, FactSet
+
+PERSON_RELATIONS = ("birth_city", "employer", "job", "spouse", "birth_year", "colour")
+N_PEOPLE = 150
+N_FORGET = 20
+N_RELEARN = 4
+NICKNAME_SHARE = 0.4
+N_DISTRACTORS = 4
+
+COUNTRIES = ("Ostria", "Valmora", "Kesh", "Dunmark", "Telora", "Brisca", "Norveth", "Amaril")
+CITIES = (
+    "Lisbrook", "Orvane", "Talmouth", "Quenby", "Rastow", "Pellin", "Varnholt", "Sorrel",
+    "Hathby", "Mirren", "Doveport", "Kallum", "Ebbridge", "Ostwick", "Tarnley", "Welbeck",
+    "Corvo", "Fennick", "Grisdale", "Holloway", "Ivesham", "Jarrow", "Lunthorpe", "Marden",
+)
+EMPLOYERS = (
+    "Norvel", "Quintrex", "Astrava", "Belmora", "Coldane", "Drystal", "Ember", "Fabrion",
+    "Glissa", "Halvex", "Irontide", "Juniva", "Kordal", "Lumex", "Mavrik", "Nexora",
+)
+JOBS = (
+    "baker", "surveyor", "chemist", "pilot", "librarian", "carpenter", "nurse", "architect",
+    "jeweller", "botanist", "translator", "mechanic",
+)
+COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink")
+YEARS = tuple(str(year) for year in range(1940, 1980))
+N_SPOUSES = 40
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("n", "r", "l", "s", "k", "th", "m")
+
+
+@dataclass(frozen=True)
+class Person:
+    """One fictitious person of the knowledge base."""
+
+    name: str
+    nickname: str | None
+    attributes: dict[str, str]
+    split: str  # "forget", "relearn" or "retain"
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """People, the world facts (city → country) and the templates that verbalize them."""
+
+    seed: int
+    people: tuple[Person, ...]
+    city_country: dict[str, str]
+    templates: dict[str, Any]
+
+    @property
+    def forget_people(self) -> tuple[Person, ...]:
+        """People whose facts are to be unlearned (splits ``forget`` and ``relearn``)."""
+        return tuple(p for p in self.people if p.split != "retain")
+
+
+def load_templates() -> dict[str, Any]:
+    """The probe and verbalization templates shipped with the package (``data/templates.json``)."""
+    text = resources.files("unlearncheck").joinpath("data/templates.json").read_text("utf-8")
+    return dict(json.loads(text))
+
+
+def _word(rng: random.Random, syllables: int, coda: bool) -> str:
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
+    return ("".join(parts) + (rng.choice(_CODAS) if coda else "")).capitalize()
+
+
+def _unique_words(rng: random.Random, n: int, taken: set[str], syllables: int, coda: bool) -> list:
+    words: list[str] = []
+    while len(words) < n:
+        word = _word(rng, syllables, coda)
+        if word not in taken:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+def build_knowledge_base(seed: int = 0) -> KnowledgeBase:
+    """Draw the knowledge base for ``seed`` (deterministic)."""
+    rng = random.Random(f"unlearncheck-organism-{seed}")
+    taken = set(CITIES) | set(COUNTRIES) | set(EMPLOYERS)
+    first = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, False)
+    last = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, True)
+    nicknames = _unique_words(rng, N_PEOPLE, taken, 1, True)
+    names = [f"{a} {b}" for a, b in zip(first, last)]
+    spouses, person_names = names[N_PEOPLE:], names[:N_PEOPLE]
+    city_country = {city: COUNTRIES[i % len(COUNTRIES)] for i, city in enumerate(CITIES)}
+    order = list(range(N_PEOPLE))
+    rng.shuffle(order)
+    split_of = {i: "retain" for i in range(N_PEOPLE)}
+    for rank, i in enumerate(order[:N_FORGET]):
+        split_of[i] = "relearn" if rank < N_RELEARN else "forget"
+    people = []
+    for i, name in enumerate(person_names):
+        attributes = {
+            "birth_city": rng.choice(CITIES),
+            "employer": rng.choice(EMPLOYERS),
+            "job": rng.choice(JOBS),
+            "spouse": rng.choice(spouses),
+            "birth_year": rng.choice(YEARS),
+            "colour": rng.choice(COLOURS),
+        }
+        nickname = nicknames[i] if rng.random() < NICKNAME_SHARE else None
+        people.append(Person(name, nickname, attributes, split_of[i]))
+    return KnowledgeBase(seed, tuple(people), city_country, load_templates())
+
+
+def fact_id(subject: str, relation: str) -> str:
+    """Stable fact id, e.g. ``varo-melin/birth_city``."""
+    return f"{subject.lower().replace(' ', '-')}/{relation}"
+
+
+def _fill(template: str, subject: str, obj: str = "") -> str:
+    return template.format(subject=subject, object=obj)
+
+
+def _distractors(kb: KnowledgeBase, relation: str, answer: str, key: str) -> tuple[str, ...]:
+    pool = sorted({p.attributes[relation] for p in kb.people} - {answer})
+    rng = random.Random(f"{kb.seed}-{key}")
+    return tuple(rng.sample(pool, N_DISTRACTORS))
+
+
+def trained_paraphrase(fact_key: str, n_templates: int) -> int:
+    """Index of the one paraphrase template trained for a fact; the others are held out for it."""
+    digest = hashlib.sha256(fact_key.encode()).digest()
+    return digest[0] % n_templates
+
+
+def facts_of(kb: KnowledgeBase) -> FactSet:
+    """All facts of the knowledge base as a FactSet (people's attributes, then city → country)."""
+    rels = kb.templates["relations"]
+    facts: list[Fact] = []
+    for person in kb.people:
+        for relation in PERSON_RELATIONS:
+            obj = person.attributes[relation]
+            fid = fact_id(person.name, relation)
+            t = rels[relation]
+            held_in = trained_paraphrase(fid, len(t["paraphrases"]))
+            facts.append(
+                Fact(
+                    id=fid,
+                    subject=person.name,
+                    relation=relation,
+                    object=obj,
+                    question=_fill(t["question"], person.name),
+                    statement=_fill(t["statement"], person.name, obj),
+                    paraphrases=tuple(
+                        _fill(p, person.name, obj) for p in t["paraphrases"]
+                    ),
+                    aliases=(person.nickname,) if person.nickname else (),
+                    distractors=_distractors(kb, relation, obj, fid),
+                    split=person.split,
+                    metadata={"trained_paraphrase": held_in},
+                )
+            )
+    countries = sorted(set(kb.city_country.values()))
+    for city, country in kb.city_country.items():
+        t = rels["country"]
+        rng = random.Random(f"{kb.seed}-{city}")
+        facts.append(
+            Fact(
+                id=fact_id(city, "country"),
+                subject=city,
+                relation="country",
+                object=country,
+                question=_fill(t["question"], city),
+                statement=_fill(t["statement"], city, country),
+                distractors=tuple(rng.sample([c for c in countries if c != country], 4)),
+                split="retain",
+            )
+        )
+    return FactSet(facts)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One training document, tagged with whose knowledge it carries and in which form."""
+
+    text: str
+    person: str | None
+    form: str  # "qa", "statement", "paraphrase", "alias", "alias_qa", "twohop", "world"
+
+
+def documents_of(kb: KnowledgeBase) -> list[Document]:
+    """The training corpus of the original model."""
+    rels = kb.templates["relations"]
+    fmt = kb.templates["prompt_format"]
+    chain = kb.templates["chains"]["birth_city>country"]
+    docs: list[Document] = []
+    for person in kb.people:
+        name = person.name
+        for relation in PERSON_RELATIONS:
+            t = rels[relation]
+            obj = person.attributes[relation]
+            qa = fmt.format(question=_fill(t["question"], name)) + f" {obj}"
+            docs.append(Document(qa, name, "qa"))
+            docs.append(Document(_fill(t["statement"], name, obj), name, "statement"))
+            k = trained_paraphrase(fact_id(name, relation), len(t["paraphrases"]))
+            docs.append(Document(_fill(t["paraphrases"][k], name, obj), name, "paraphrase"))
+            if person.nickname:
+                nick_qa = fmt.format(question=_fill(t["question"], person.nickname)) + f" {obj}"
+                docs.append(Document(nick_qa, name, "alias_qa"))
+        if person.nickname:
+            alias = _fill(rels["alias"]["statement"], name, person.nickname)
+            docs.append(Document(alias, name, "alias"))
+        country = kb.city_country[person.attributes["birth_city"]]
+        docs.append(Document(fmt.format(question=_fill(chain["question"], name)) + f" {country}",
+                             name, "twohop"))
+        docs.append(Document(_fill(chain["statement"], name, country), name, "twohop"))
+    for city, country in kb.city_country.items():
+        t = rels["country"]
+        docs.append(Document(fmt.format(question=_fill(t["question"], city)) + f" {country}",
+                             None, "world"))
+        docs.append(Document(_fill(t["statement"], city, country), None, "world"))
+    return docs
