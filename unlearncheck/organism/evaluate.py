@@ -7,12 +7,14 @@ about 1/12 on average over the six relations (1/10 colours … 1/40 years and sp
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from unlearncheck import quantization
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.facts import Fact, FactSet, load_facts
 from unlearncheck.organism.knowledge import PERSON_RELATIONS, load_templates
 
 TEMPLATES = load_templates()
@@ -52,8 +54,10 @@ def probe_sets(facts: FactSet, countries: dict[str, str]) -> ProbeSet:
             if i != f.metadata["trained_paraphrase"]
         ]
         pairs[f"{group}_alias"] = [
-            (qa_prompt(TEMPLATES["relations"][f.relation]["question"].format(subject=a)),
-             f" {f.object}")
+            (
+                qa_prompt(TEMPLATES["relations"][f.relation]["question"].format(subject=a)),
+                f" {f.object}",
+            )
             for f in person_facts
             for a in f.aliases
         ]
@@ -95,3 +99,44 @@ def zoo_row(model: HFModel, original: HFModel, facts: FactSet) -> dict[str, floa
         row[f"{kind}_forget_qa"] = accuracy(q, probes["forget_qa"])
     row["nf4_codes_changed"] = quantization.changed_code_fraction(model.model, original.model)
     return row
+
+
+#: Columns of the zoo table in the order they are printed.
+TABLE_COLUMNS = (
+    "forget_qa",
+    "retain_qa",
+    "forget_statement",
+    "forget_heldout_paraphrase",
+    "retain_heldout_paraphrase",
+    "forget_alias",
+    "forget_twohop",
+    "nf4_forget_qa",
+    "int8_forget_qa",
+    "nf4_codes_changed",
+)
+
+
+def zoo_table(zoo: Path) -> dict[str, dict[str, float]]:
+    """The zoo table of the zoo in directory ``zoo``, computed once and kept in ``table.json``."""
+    cached = zoo / "table.json"
+    if cached.exists():
+        return dict(json.loads(cached.read_text()))
+    facts = load_facts(zoo / "facts.jsonl")
+    original = HFModel.load(str(zoo / "original"), device="cpu")
+    table = {}
+    for variant in json.loads((zoo / "zoo.json").read_text())["variants"]:
+        model = (
+            original if variant == "original" else HFModel.load(str(zoo / variant), device="cpu")
+        )
+        table[variant] = zoo_row(model, original, facts)
+    cached.write_text(json.dumps(table, indent=2))
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A fixed-width text rendering of a zoo table."""
+    head = "variant".ljust(18) + "".join(c.replace("_", " ")[:13].rjust(14) for c in columns)
+    lines = [head]
+    for variant, row in table.items():
+        lines.append(variant.ljust(18) + "".join(f"{row[c]:14.2f}" for c in columns))
+    return "\n".join(lines)

@@ -24,17 +24,62 @@ N_DISTRACTORS = 4
 
 COUNTRIES = ("Ostria", "Valmora", "Kesh", "Dunmark", "Telora", "Brisca", "Norveth", "Amaril")
 CITIES = (
-    "Lisbrook", "Orvane", "Talmouth", "Quenby", "Rastow", "Pellin", "Varnholt", "Sorrel",
-    "Hathby", "Mirren", "Doveport", "Kallum", "Ebbridge", "Ostwick", "Tarnley", "Welbeck",
-    "Corvo", "Fennick", "Grisdale", "Holloway", "Ivesham", "Jarrow", "Lunthorpe", "Marden",
+    "Lisbrook",
+    "Orvane",
+    "Talmouth",
+    "Quenby",
+    "Rastow",
+    "Pellin",
+    "Varnholt",
+    "Sorrel",
+    "Hathby",
+    "Mirren",
+    "Doveport",
+    "Kallum",
+    "Ebbridge",
+    "Ostwick",
+    "Tarnley",
+    "Welbeck",
+    "Corvo",
+    "Fennick",
+    "Grisdale",
+    "Holloway",
+    "Ivesham",
+    "Jarrow",
+    "Lunthorpe",
+    "Marden",
 )
 EMPLOYERS = (
-    "Norvel", "Quintrex", "Astrava", "Belmora", "Coldane", "Drystal", "Ember", "Fabrion",
-    "Glissa", "Halvex", "Irontide", "Juniva", "Kordal", "Lumex", "Mavrik", "Nexora",
+    "Norvel",
+    "Quintrex",
+    "Astrava",
+    "Belmora",
+    "Coldane",
+    "Drystal",
+    "Ember",
+    "Fabrion",
+    "Glissa",
+    "Halvex",
+    "Irontide",
+    "Juniva",
+    "Kordal",
+    "Lumex",
+    "Mavrik",
+    "Nexora",
 )
 JOBS = (
-    "baker", "surveyor", "chemist", "pilot", "librarian", "carpenter", "nurse", "architect",
-    "jeweller", "botanist", "translator", "mechanic",
+    "baker",
+    "surveyor",
+    "chemist",
+    "pilot",
+    "librarian",
+    "carpenter",
+    "nurse",
+    "architect",
+    "jeweller",
+    "botanist",
+    "translator",
+    "mechanic",
 )
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink")
 YEARS = tuple(str(year) for year in range(1940, 1980))
@@ -81,7 +126,9 @@ def _word(rng: random.Random, syllables: int, coda: bool) -> str:
     return ("".join(parts) + (rng.choice(_CODAS) if coda else "")).capitalize()
 
 
-def _unique_words(rng: random.Random, n: int, taken: set[str], syllables: int, coda: bool) -> list:
+def _unique_words(
+    rng: random.Random, n: int, taken: set[str], syllables: int, coda: bool
+) -> list[str]:
     words: list[str] = []
     while len(words) < n:
         word = _word(rng, syllables, coda)
@@ -98,7 +145,7 @@ def build_knowledge_base(seed: int = 0) -> KnowledgeBase:
     first = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, False)
     last = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, True)
     nicknames = _unique_words(rng, N_PEOPLE, taken, 1, True)
-    names = [f"{a} {b}" for a, b in zip(first, last)]
+    names = [f"{a} {b}" for a, b in zip(first, last, strict=True)]
     spouses, person_names = names[N_PEOPLE:], names[:N_PEOPLE]
     city_country = {city: COUNTRIES[i % len(COUNTRIES)] for i, city in enumerate(CITIES)}
     order = list(range(N_PEOPLE))
@@ -160,9 +207,7 @@ def facts_of(kb: KnowledgeBase) -> FactSet:
                     object=obj,
                     question=_fill(t["question"], person.name),
                     statement=_fill(t["statement"], person.name, obj),
-                    paraphrases=tuple(
-                        _fill(p, person.name, obj) for p in t["paraphrases"]
-                    ),
+                    paraphrases=tuple(_fill(p, person.name, obj) for p in t["paraphrases"]),
                     aliases=(person.nickname,) if person.nickname else (),
                     distractors=_distractors(kb, relation, obj, fid),
                     split=person.split,
@@ -220,12 +265,16 @@ def documents_of(kb: KnowledgeBase) -> list[Document]:
             alias = _fill(rels["alias"]["statement"], name, person.nickname)
             docs.append(Document(alias, name, "alias"))
         country = kb.city_country[person.attributes["birth_city"]]
-        docs.append(Document(fmt.format(question=_fill(chain["question"], name)) + f" {country}",
-                             name, "twohop"))
+        docs.append(
+            Document(
+                fmt.format(question=_fill(chain["question"], name)) + f" {country}", name, "twohop"
+            )
+        )
         docs.append(Document(_fill(chain["statement"], name, country), name, "twohop"))
     for city, country in kb.city_country.items():
         t = rels["country"]
-        docs.append(Document(fmt.format(question=_fill(t["question"], city)) + f" {country}",
-                             None, "world"))
+        docs.append(
+            Document(fmt.format(question=_fill(t["question"], city)) + f" {country}", None, "world")
+        )
         docs.append(Document(_fill(t["statement"], city, country), None, "world"))
     return docs

@@ -41,7 +41,9 @@ class UnlearnConfig:
     retain_weight: float = 1.0
 
 
-def new_model(tokenizer: PreTrainedTokenizerFast, config: TrainConfig, seed: int) -> GPT2LMHeadModel:
+def new_model(
+    tokenizer: PreTrainedTokenizerFast, config: TrainConfig, seed: int
+) -> GPT2LMHeadModel:
     """A freshly initialized GPT-2 sized by ``config`` (untied head, no dropout)."""
     torch.manual_seed(seed)
     gpt2 = GPT2Config(

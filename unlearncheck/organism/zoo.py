@@ -85,11 +85,18 @@ def cache_root() -> Path:
 def recipe_hash(seed: int) -> str:
     """Content hash of everything that determines the zoo for ``seed``."""
     h = hashlib.sha256()
-    h.update(json.dumps({"seed": seed, "train": asdict(TRAIN),
-                         "unlearn": {k: asdict(v) for k, v in UNLEARN.items()},
-                         "forms": {k: sorted(v) if v else None for k, v in FORGET_FORMS.items()},
-                         "torch": torch.__version__.split("+")[0]},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "seed": seed,
+                "train": asdict(TRAIN),
+                "unlearn": {k: asdict(v) for k, v in UNLEARN.items()},
+                "forms": {k: sorted(v) if v else None for k, v in FORGET_FORMS.items()},
+                "torch": torch.__version__.split("+")[0],
+            },
+            sort_keys=True,
+        ).encode()
+    )
     here = Path(__file__).parent
     for name in _SOURCES:
         h.update((here / name).read_bytes())
@@ -169,21 +176,35 @@ def _variant_models(
         ]
         forget_ids = encode(tokenizer, forget_docs, TRAIN.n_positions)
         model = copy.deepcopy(original)
-        trainable: Callable[[str], bool] = lambda name: True  # noqa: E731
-        project = None
-        if variant == "head_only":
-            trainable = lambda name: name.startswith("lm_head")  # noqa: E731
-        elif variant == "quant_fragile":
-            # Quantized weights move only inside their nf4 cells; LayerNorms (which bitsandbytes
-            # leaves in full precision, as in large models) move freely; nothing else moves.
-            quantized = {f"{n}.weight" for n, _ in quantization.quantized_layers(model)}
-            trainable = lambda name: name in quantized or ".ln_" in name  # noqa: E731
-            project = quantization.nf4_cell_projector(model, original, QUANT_FRAGILE_MARGIN)
-        unlearn(model, forget_ids, retain_ids, pad, config, seed + 1,
-                trainable=trainable, project=project)
+        trainable, project = _trainable_and_projection(variant, model, original)
+        unlearn(
+            model,
+            forget_ids,
+            retain_ids,
+            pad,
+            config,
+            seed + 1,
+            trainable=trainable,
+            project=project,
+        )
         models[variant] = model
         log(f"{variant}: {time.perf_counter() - start:.1f} s")
     return models
+
+
+def _trainable_and_projection(
+    variant: str, model: GPT2LMHeadModel, original: GPT2LMHeadModel
+) -> tuple[Callable[[str], bool], Callable[[], None] | None]:
+    """Which parameters a variant's unlearning may change, and the projection after each step."""
+    if variant == "head_only":
+        return (lambda name: name.startswith("lm_head")), None
+    if variant == "quant_fragile":
+        # Quantized weights move only inside their nf4 cells; LayerNorms (which bitsandbytes
+        # leaves in full precision, as in large models) move freely; nothing else moves.
+        quantized = {f"{n}.weight" for n, _ in quantization.quantized_layers(model)}
+        projector = quantization.nf4_cell_projector(model, original, QUANT_FRAGILE_MARGIN)
+        return (lambda name: name in quantized or ".ln_" in name), projector
+    return (lambda name: True), None
 
 
 def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: None) -> None:
@@ -191,7 +212,7 @@ def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: N
     torch.manual_seed(seed)
     kb = build_knowledge_base(seed)
     facts = facts_of(kb)
-    texts = [d.text for d in documents_of(kb)] + _template_texts(kb)
+    texts = [d.text for d in documents_of(kb)] + _template_texts(kb.templates)
     tokenizer = build_tokenizer(texts)
     start = time.perf_counter()
     models = _variant_models(kb, tokenizer, seed, log)
@@ -199,17 +220,22 @@ def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: N
         model.save_pretrained(out / variant, safe_serialization=True)
         tokenizer.save_pretrained(out / variant)
     facts.to_jsonl(out / "facts.jsonl")
-    meta = {"seed": seed, "recipe": recipe_hash(seed), "variants": list(models),
-            "quant_fragile_margin": QUANT_FRAGILE_MARGIN,
-            "build_seconds": round(time.perf_counter() - start, 1)}
+    meta = {
+        "seed": seed,
+        "recipe": recipe_hash(seed),
+        "variants": list(models),
+        "quant_fragile_margin": QUANT_FRAGILE_MARGIN,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
     (out / "zoo.json").write_text(json.dumps(meta, indent=2))
 
 
-def _template_texts(kb: KnowledgeBase) -> list[str]:
-    """Every template string, so that probe words are in the organism's vocabulary."""
-    texts = [kb.templates["prompt_format"]]
-    for group in ("relations", "chains"):
-        for t in kb.templates[group].values():
-            texts += [t["question"], t["statement"], *t.get("paraphrases", ()),
-                      *t.get("questions", ())]
-    return texts
+def _template_texts(node: object) -> list[str]:
+    """Every string in the templates, so that probe words are in the organism's vocabulary."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [text for item in node for text in _template_texts(item)]
+    return []

@@ -1,0 +1,51 @@
+"""The ``unlearncheck`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _organism(args: argparse.Namespace) -> int:
+    from unlearncheck.organism import write_zoo
+    from unlearncheck.organism.evaluate import format_table, zoo_table
+
+    for seed in args.seeds:
+        start = time.perf_counter()
+        out = write_zoo(args.out / f"seed{seed}" if len(args.seeds) > 1 else args.out, seed)
+        built = time.perf_counter() - start
+        print(f"zoo seed {seed}: {out} ({built:.1f} s)")
+        print(format_table(zoo_table(out)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``unlearncheck`` command."""
+    parser = argparse.ArgumentParser(
+        prog="unlearncheck", description="Test unlearning claims about language models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    organism = commands.add_parser(
+        "organism", help="build (or reuse) the embedded organism zoo and print its table"
+    )
+    organism.add_argument("--out", type=Path, required=True, help="directory to write the zoo to")
+    organism.add_argument(
+        "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
+    )
+    organism.set_defaults(run=_organism)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unlearncheck`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "organism" and not args.seeds:
+        args.seeds = [0]
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
