@@ -32,12 +32,12 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _linear_layout(module: nn.Module) -> torch.Tensor:
-    weight: torch.Tensor = module.weight.data  # type: ignore[union-attr]
+    weight: torch.Tensor = module.weight.data  # type: ignore[union-attr,assignment]
     return weight.t() if isinstance(module, Conv1D) else weight
 
 
 def _set_linear_layout(module: nn.Module, value: torch.Tensor) -> None:
-    target: torch.Tensor = module.weight.data  # type: ignore[union-attr]
+    target: torch.Tensor = module.weight.data  # type: ignore[union-attr,assignment]
     target.copy_(value.t() if isinstance(module, Conv1D) else value)
 
 
