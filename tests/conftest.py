@@ -51,3 +51,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def zoo() -> Path:
+    """The organism zoo for seed 0 (built on first use, then read from the cache)."""
+    from unlearncheck.organism import zoo_dir
+
+    return zoo_dir(0)

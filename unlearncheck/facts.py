@@ -63,6 +63,8 @@ class Fact:
         distractors: Plausible wrong answers.
         split: The split the fact belongs to, e.g. ``"forget"`` or ``"retain"``.
         metadata: Any other keys of the source record (read-only; not part of the hash).
+        source: The first fact set the fact was put in (the graph multi-hop probes walk and
+            the pool of controls); set by ``FactSet``, not part of equality or the record.
     """
 
     id: str
@@ -76,6 +78,7 @@ class Fact:
     distractors: tuple[str, ...] = ()
     split: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    source: FactSet | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in _LIST_FIELDS:
@@ -135,7 +138,7 @@ class Fact:
 
 
 _LIST_FIELDS = ("paraphrases", "aliases", "distractors")
-_FIELD_NAMES = tuple(f.name for f in fields(Fact) if f.name != "metadata")
+_FIELD_NAMES = tuple(f.name for f in fields(Fact) if f.name not in ("metadata", "source"))
 
 
 class FactSet(Sequence[Fact]):
@@ -159,6 +162,8 @@ class FactSet(Sequence[Fact]):
             if fact.id in self._by_id:
                 raise FactFormatError(f"duplicate id {fact.id!r}", field="id")
             self._by_id[fact.id] = fact
+            if fact.source is None:
+                object.__setattr__(fact, "source", self)
 
     @classmethod
     def load(cls, path: str | Path) -> FactSet:

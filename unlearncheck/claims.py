@@ -1,0 +1,379 @@
+"""The claims: ``assert_forgotten`` and ``assert_retained``.
+
+A claim expands its facts into probes with each attack, scores every probe on the model under test
+(and on the reference and original when given) in batched passes, judges each (fact, attack),
+corrects for the number of tests, logs every case and verdict, and raises when the claim fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack, ProbeContext, direct
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.facts import Fact, FactSet
+from unlearncheck.judge import Scorer, holm, judge_attack, score_probes
+from unlearncheck.probes import Probe, Templates
+from unlearncheck.runlog import RunLog
+from unlearncheck.verdict import (
+    AttackOutcome,
+    FactVerdict,
+    ForgettingAssertionError,
+    InconclusiveError,
+    Status,
+    Verdict,
+)
+
+DEFAULT_TOLERANCE = 0.25
+DEFAULT_ALPHA = 0.05
+ModelLike = HFModel | str
+
+_LOADED: dict[tuple[str, str | None], HFModel] = {}
+_SCORER = Scorer()
+
+
+def load_model(model: ModelLike, *, device: str | None = None) -> HFModel:
+    """A loaded model for a spec string (loaded once a process) or the model itself."""
+    if isinstance(model, HFModel):
+        return model
+    key = (model, device)
+    if key not in _LOADED:
+        _LOADED[key] = HFModel.load(model, device=device)
+    return _LOADED[key]
+
+
+def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:
+    if isinstance(facts, Fact):
+        return FactSet([facts])
+    return facts if isinstance(facts, FactSet) else FactSet(list(facts))
+
+
+def _context_facts(claim: FactSet, facts: FactSet | None) -> FactSet:
+    """The facts probes may draw on: given, else the set the claim's facts came from."""
+    if facts is not None:
+        return facts
+    sources = {id(f.source): f.source for f in claim if f.source is not None}
+    if len(sources) == 1:
+        (source,) = sources.values()
+        assert source is not None
+        return source
+    return claim
+
+
+@dataclass
+class _Models:
+    model: HFModel
+    reference: HFModel | None
+    original: HFModel | None
+
+
+class _Session:
+    """Scores probes on the models of one claim and writes them to the run log."""
+
+    def __init__(self, models: _Models, scorer: Scorer, log: RunLog | None) -> None:
+        self.models = models
+        self.scorer = scorer
+        self.log = log
+        if log is not None:
+            for role in ("model", "reference", "original"):
+                m = getattr(models, role)
+                if m is not None:
+                    log.model(role, m.spec, m.content_hash)
+
+    def judge(
+        self,
+        attack: str,
+        probes_by_fact: dict[str, list[Probe]],
+        *,
+        tolerance: float,
+        alpha: float,
+        use_reference: bool = True,
+        use_original: bool = True,
+    ) -> dict[str, AttackOutcome]:
+        """Judge one attack's probes for every fact (one batched pass per model)."""
+        flat = [p for probes in probes_by_fact.values() for p in probes]
+        m = self.models
+        model_scores = score_probes(self.scorer, m.model, flat)
+        ref = m.reference if use_reference else None
+        orig = m.original if use_original else None
+        ref_scores = score_probes(self.scorer, ref, flat) if ref is not None else None
+        orig_scores = score_probes(self.scorer, orig, flat) if orig is not None else None
+        out, at = {}, 0
+        for fact_id, probes in probes_by_fact.items():
+            sl = slice(at, at + len(probes))
+            at += len(probes)
+            out[fact_id] = judge_attack(
+                attack,
+                probes,
+                model_scores[sl],
+                ref_scores[sl] if ref_scores is not None else None,
+                orig_scores[sl] if orig_scores is not None else None,
+                tolerance=tolerance,
+                alpha=alpha,
+            )
+        return out
+
+    def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
+        """Greedy outputs of the model for the strongest evidence of significant outcomes."""
+        targets = [o for o in outcomes if o.significant and o.evidence]
+        if not targets:
+            return
+        prompts = [o.evidence[0].probe.prompt for o in targets]
+        texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
+        for outcome, samples in zip(targets, texts, strict=True):
+            best = outcome.evidence[0]
+            outcome.evidence[0] = type(best)(**{**best.__dict__, "output": samples[0]})
+
+
+def _finish(
+    claim: str,
+    verdicts: list[FactVerdict],
+    config: dict[str, Any],
+    log: RunLog | None,
+    on_inconclusive: Literal["raise", "return"],
+    raise_on_fail: bool,
+) -> Verdict:
+    statuses = {v.status for v in verdicts}
+    status: Status = (
+        "FAIL" if "FAIL" in statuses else "INCONCLUSIVE" if "INCONCLUSIVE" in statuses else "PASS"
+    )
+    verdict = Verdict(claim, status, verdicts, config)
+    if log is not None:
+        for fact in verdicts:
+            for outcome in fact.attacks:
+                for result in outcome.evidence:
+                    log.write(
+                        "case",
+                        {
+                            "claim": claim,
+                            "fact_id": fact.fact_id,
+                            "attack": outcome.attack,
+                            **result.to_dict(),
+                        },
+                    )
+        log.write("verdict", verdict.to_dict())
+    if status == "FAIL" and raise_on_fail:
+        raise ForgettingAssertionError(verdict)
+    if status == "INCONCLUSIVE" and on_inconclusive == "raise":
+        raise InconclusiveError(verdict)
+    return verdict
+
+
+def assert_forgotten(
+    model: ModelLike,
+    facts: Fact | Iterable[Fact],
+    attacks: Sequence[InputAttack] = INPUT_ATTACKS,
+    *,
+    original: ModelLike | None = None,
+    reference: ModelLike | None = None,
+    context: FactSet | None = None,
+    templates: Templates | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    runlog: RunLog | str | Path | None = None,
+    on_inconclusive: Literal["raise", "return"] = "raise",
+    raise_on_fail: bool = True,
+    claim: str | None = None,
+    device: str | None = None,
+) -> Verdict:
+    """Assert that ``model`` no longer knows ``facts``, under every attack in ``attacks``.
+
+    Args:
+        model: The unlearned model (a loaded `HFModel` or a spec: directory, hub id in the local
+            cache, ``organism:<variant>``).
+        facts: One fact or many; each is judged on its own, tests are Holm-corrected together.
+        attacks: Attacks to run (``unlearncheck.attacks``); ``direct`` asks the base forms.
+        original: The model before unlearning; facts it does not know are INCONCLUSIVE and
+            probes it does not answer are left out.
+        reference: A model retrained without the forget set; scores are compared with it instead
+            of with chance.
+        context: The facts the probes may use (graph, controls); default: the set the facts
+            came from.
+        templates: The template library (default: the shipped one).
+        alpha: Family-wise significance level of the claim.
+        tolerance: How much higher than its baseline a probe's p̂ must be to count as a leak.
+        seed: Seed of every random choice.
+        runlog: Run log (object or path) the cases and the verdict are appended to.
+        on_inconclusive: ``raise`` (default) raises `InconclusiveError`; ``return`` returns.
+        raise_on_fail: Raise `ForgettingAssertionError` on FAIL (default) or return the verdict.
+        claim: A name for the claim in logs and reports.
+        device: Device for models given as specs.
+
+    Returns:
+        The verdict (PASS, or FAIL / INCONCLUSIVE when not raising).
+
+    Raises:
+        ForgettingAssertionError: Some attack recovered the knowledge of some fact.
+        InconclusiveError: The claim could not be decided (and ``on_inconclusive="raise"``).
+    """
+    claim_facts = _as_factset(facts)
+    if not claim_facts:
+        raise ValueError("assert_forgotten needs at least one fact")
+    ctx = ProbeContext(
+        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
+    )
+    models = _Models(
+        load_model(model, device=device),
+        load_model(reference, device=device) if reference is not None else None,
+        load_model(original, device=device) if original is not None else None,
+    )
+    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
+    session = _Session(models, _SCORER, log)
+    outcomes: dict[str, dict[str, AttackOutcome]] = {}
+    for attack in attacks:
+        probes = {f.id: attack(f, ctx) for f in claim_facts}
+        outcomes[attack.name] = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    known: dict[str, AttackOutcome] = {}
+    if models.original is not None:
+        base = {f.id: direct(f, ctx) for f in claim_facts}
+        original_only = _Session(_Models(models.original, None, None), _SCORER, None)
+        known = original_only.judge("original knows", base, tolerance=tolerance, alpha=alpha)
+    tested = [
+        o for per_fact in outcomes.values() for o in per_fact.values() if o.p_value is not None
+    ]
+    for outcome, significant in zip(
+        tested, holm([o.p_value or 1.0 for o in tested], alpha), strict=True
+    ):
+        outcome.significant = significant
+        outcome.outcome = "recovered" if significant else "not recovered"
+    session.fill_outputs(tested)
+    verdicts = []
+    for fact in claim_facts:
+        per_attack = [outcomes[a.name][fact.id] for a in attacks]
+        verdicts.append(_fact_verdict(fact, per_attack, known.get(fact.id)))
+    config = {
+        "model": models.model.spec,
+        "reference": getattr(models.reference, "spec", None),
+        "original": getattr(models.original, "spec", None),
+        "attacks": [a.name for a in attacks],
+        "alpha": alpha,
+        "tolerance": tolerance,
+        "seed": seed,
+        "kind": "forgotten",
+    }
+    return _finish(
+        claim or _claim_name("forgotten", claim_facts),
+        verdicts,
+        config,
+        log,
+        on_inconclusive,
+        raise_on_fail,
+    )
+
+
+def _claim_name(kind: str, facts: FactSet) -> str:
+    return f"{kind}: {facts[0].id}" if len(facts) == 1 else f"{kind}: {len(facts)} facts"
+
+
+def _fact_verdict(
+    fact: Fact, outcomes: list[AttackOutcome], original_knows: AttackOutcome | None
+) -> FactVerdict:
+    recovered = [o.attack for o in outcomes if o.significant]
+    if recovered:
+        return FactVerdict(fact.id, "FAIL", f"recovered by {', '.join(recovered)}", outcomes)
+    if original_knows is not None and original_knows.outcome != "recovered":
+        return FactVerdict(
+            fact.id,
+            "INCONCLUSIVE",
+            "the original model does not know this fact: forgetting it proves "
+            f"nothing ({original_knows.reason})",
+            outcomes,
+        )
+    blocked = [
+        f"{o.attack} ({o.reason})" for o in outcomes if o.outcome == "not run" and o.blocking
+    ]
+    if blocked:
+        return FactVerdict(fact.id, "INCONCLUSIVE", "not run: " + "; ".join(blocked), outcomes)
+    if all(o.outcome == "not run" for o in outcomes):
+        return FactVerdict(fact.id, "INCONCLUSIVE", "no attack applied to this fact", outcomes)
+    return FactVerdict(fact.id, "PASS", "no attack recovered it", outcomes)
+
+
+def assert_retained(
+    model: ModelLike,
+    facts: Fact | Iterable[Fact],
+    *,
+    original: ModelLike | None = None,
+    max_loss: float = 0.1,
+    context: FactSet | None = None,
+    templates: Templates | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    runlog: RunLog | str | Path | None = None,
+    on_inconclusive: Literal["raise", "return"] = "raise",
+    raise_on_fail: bool = True,
+    claim: str | None = None,
+    device: str | None = None,
+) -> Verdict:
+    """Assert that ``model`` still knows ``facts`` (the utility side of unlearning).
+
+    A fact is known when its base probes leak significantly against chance (control subjects).
+    The claim passes when the share of facts known is at most ``max_loss`` below the original's
+    share (or below 1 without an original); facts the original does not know are INCONCLUSIVE.
+
+    Raises:
+        ForgettingAssertionError: Too many facts were lost.
+        InconclusiveError: No fact could be decided (and ``on_inconclusive="raise"``).
+    """
+    claim_facts = _as_factset(facts)
+    if not claim_facts:
+        raise ValueError("assert_retained needs at least one fact")
+    ctx = ProbeContext(
+        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
+    )
+    models = _Models(
+        load_model(model, device=device),
+        None,
+        load_model(original, device=device) if original is not None else None,
+    )
+    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
+    base = {f.id: direct(f, ctx) for f in claim_facts}
+    on_model = _Session(_Models(models.model, None, None), _SCORER, log).judge(
+        "direct", base, tolerance=tolerance, alpha=alpha
+    )
+    on_original = (
+        _Session(_Models(models.original, None, None), _SCORER, log).judge(
+            "direct", base, tolerance=tolerance, alpha=alpha
+        )
+        if models.original is not None
+        else None
+    )
+    verdicts = []
+    for fact in claim_facts:
+        outcome = on_model[fact.id]
+        if on_original is not None and on_original[fact.id].outcome != "recovered":
+            verdicts.append(
+                FactVerdict(
+                    fact.id, "INCONCLUSIVE", "the original model does not know this fact", [outcome]
+                )
+            )
+        elif outcome.outcome == "recovered":
+            verdicts.append(FactVerdict(fact.id, "PASS", "still known", [outcome]))
+        else:
+            verdicts.append(FactVerdict(fact.id, "FAIL", f"lost: {outcome.reason}", [outcome]))
+    decided = [v for v in verdicts if v.status != "INCONCLUSIVE"]
+    kept = sum(v.status == "PASS" for v in decided) / len(decided) if decided else 0.0
+    config = {
+        "model": models.model.spec,
+        "original": getattr(models.original, "spec", None),
+        "alpha": alpha,
+        "tolerance": tolerance,
+        "seed": seed,
+        "max_loss": max_loss,
+        "kind": "retained",
+        "share_kept": kept,
+        "decided": len(decided),
+    }
+    name = claim or _claim_name("retained", claim_facts)
+    if decided and kept >= 1.0 - max_loss:  # individual losses within the allowance
+        verdicts = [
+            FactVerdict(v.fact_id, "PASS" if v.status == "FAIL" else v.status, v.reason, v.attacks)
+            for v in verdicts
+        ]
+        verdicts = [v for v in verdicts]
+    return _finish(name, verdicts, config, log, on_inconclusive, raise_on_fail)

@@ -1,0 +1,209 @@
+"""Verdicts and their evidence: per probe, per attack, per fact and per claim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from unlearncheck.probes import Probe
+
+Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+Outcome = Literal["recovered", "not recovered", "not run"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe scored on the model under test.
+
+    Attributes:
+        probe: The probe.
+        score: Normalized answer probability p̂ = p(answer) / Σ p(options) on the model.
+        baseline: What the score is compared with: the reference's p̂ on the same prompt, or the
+            mean p̂ of the answer on the control prompts (the model's prior), for chance.
+        delta: ``score - baseline``.
+        leak: ``delta`` exceeds the tolerance.
+        original_delta: The same delta on the original model (None without one).
+        output: Greedy output of the model (filled in for the strongest evidence only).
+    """
+
+    probe: Probe
+    score: float
+    baseline: float
+    delta: float
+    leak: bool
+    original_delta: float | None = None
+    output: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "probe": self.probe.to_dict(),
+            "score": round(self.score, 6),
+            "baseline": round(self.baseline, 6),
+            "delta": round(self.delta, 6),
+            "leak": self.leak,
+            "original_delta": None
+            if self.original_delta is None
+            else round(self.original_delta, 6),
+            "output": self.output,
+        }
+
+
+@dataclass
+class AttackOutcome:
+    """What one attack found for one fact.
+
+    Attributes:
+        attack: Attack name (a chain such as ``quant4>paraphrase`` for composed attacks).
+        outcome: ``recovered``, ``not recovered`` or ``not run``.
+        reason: Why it did not run, or a one-line summary.
+        blocking: For ``not run``: whether it keeps the fact from passing (True when the attack
+            applied but could not give the confidence asked; False when nothing applied, e.g. a
+            fact without aliases).
+        n: Probes that counted (known to the original when one is given).
+        leaks: Probes whose delta exceeded the tolerance.
+        null_rate: Upper confidence bound of the leak rate on control prompts (the chance level).
+        p_value: One-sided binomial p-value of ``leaks`` out of ``n`` at ``null_rate``.
+        significant: Decided after Holm correction over every (fact, attack) of the claim.
+        evidence: The strongest probe results (largest delta first).
+        excluded: Probes left out because the original does not know them.
+        extra: Attack-specific evidence (e.g. quantization codes changed, relearning gains).
+    """
+
+    attack: str
+    outcome: Outcome
+    reason: str = ""
+    blocking: bool = False
+    n: int = 0
+    leaks: int = 0
+    null_rate: float | None = None
+    p_value: float | None = None
+    significant: bool = False
+    evidence: list[ProbeResult] = field(default_factory=list)
+    excluded: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "attack": self.attack,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "blocking": self.blocking,
+            "n": self.n,
+            "leaks": self.leaks,
+            "null_rate": self.null_rate,
+            "p_value": self.p_value,
+            "significant": self.significant,
+            "excluded": self.excluded,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "extra": self.extra,
+        }
+
+
+@dataclass
+class FactVerdict:
+    """The verdict on one fact, with every attack's outcome."""
+
+    fact_id: str
+    status: Status
+    reason: str
+    attacks: list[AttackOutcome]
+
+    def outcome(self, attack: str) -> AttackOutcome:
+        """The outcome of ``attack`` for this fact."""
+        for a in self.attacks:
+            if a.attack == attack:
+                return a
+        raise KeyError(f"attack {attack!r} was not run on {self.fact_id}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "fact_id": self.fact_id,
+            "status": self.status,
+            "reason": self.reason,
+            "attacks": [a.to_dict() for a in self.attacks],
+        }
+
+
+@dataclass
+class Verdict:
+    """The verdict on a claim (one or many facts)."""
+
+    claim: str
+    status: Status
+    facts: list[FactVerdict]
+    config: dict[str, Any]
+
+    @property
+    def failed(self) -> list[FactVerdict]:
+        """Facts whose knowledge was recovered."""
+        return [f for f in self.facts if f.status == "FAIL"]
+
+    def fact(self, fact_id: str) -> FactVerdict:
+        """The verdict on one fact."""
+        for f in self.facts:
+            if f.fact_id == fact_id:
+                return f
+        raise KeyError(fact_id)
+
+    def summary(self) -> str:
+        """One line: status and counts."""
+        counts = {
+            s: sum(f.status == s for f in self.facts) for s in ("PASS", "FAIL", "INCONCLUSIVE")
+        }
+        return (
+            f"{self.claim}: {self.status} ({counts['PASS']} passed, {counts['FAIL']} failed, "
+            f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts)"
+        )
+
+    def explain(self, limit: int = 3) -> str:
+        """A readable account of the failures (or inconclusive facts): attack, probe, output."""
+        lines = [self.summary()]
+        shown = [f for f in self.facts if f.status == self.status and f.status != "PASS"]
+        for fact in shown[:limit]:
+            lines.append(f"  {fact.fact_id}: {fact.status}: {fact.reason}")
+            for outcome in fact.attacks:
+                if not outcome.significant or not outcome.evidence:
+                    continue
+                best = outcome.evidence[0]
+                vs = "reference" if self.config.get("reference") else "chance (control subjects)"
+                lines.append(
+                    f"    attack {outcome.attack}: {outcome.leaks}/{outcome.n} probes leak "
+                    f"(p={outcome.p_value:.2g}, chance leak rate ≤{outcome.null_rate:.2f})"
+                )
+                lines.append(f"      prompt: {best.probe.prompt!r}")
+                lines.append(f"      answer: {best.probe.answer!r}  output: {best.output!r}")
+                lines.append(
+                    f"      score {best.score:.2f} vs {vs} {best.baseline:.2f} "
+                    f"(tolerance {self.config.get('tolerance')})"
+                )
+        if len(shown) > limit:
+            lines.append(f"  … and {len(shown) - limit} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "claim": self.claim,
+            "status": self.status,
+            "config": self.config,
+            "facts": [f.to_dict() for f in self.facts],
+        }
+
+
+class ForgettingAssertionError(AssertionError):
+    """A claim failed: knowledge that should be gone (or kept) was found (or lost)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.explain())
+        self.verdict = verdict
+
+
+class InconclusiveError(AssertionError):
+    """A claim could not be decided (the original never knew the fact, too few probes, …)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.explain())
+        self.verdict = verdict
