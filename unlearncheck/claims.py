@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack, ProbeContext, direct
+from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack, ProbeContext, direct, paraphrase
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
-from unlearncheck.judge import Scorer, holm, judge_attack, score_probes
+from unlearncheck.judge import Scorer, assess_probes, decide, holm, null_leak_rate, score_probes
 from unlearncheck.probes import Probe, Templates
 from unlearncheck.runlog import RunLog
 from unlearncheck.verdict import (
@@ -27,7 +27,7 @@ from unlearncheck.verdict import (
     Verdict,
 )
 
-DEFAULT_TOLERANCE = 0.25
+DEFAULT_TOLERANCE = 0.5
 DEFAULT_ALPHA = 0.05
 ModelLike = HFModel | str
 
@@ -101,20 +101,19 @@ class _Session:
         orig = m.original if use_original else None
         ref_scores = score_probes(self.scorer, ref, flat) if ref is not None else None
         orig_scores = score_probes(self.scorer, orig, flat) if orig is not None else None
-        out, at = {}, 0
+        groups, at = {}, 0
         for fact_id, probes in probes_by_fact.items():
             sl = slice(at, at + len(probes))
             at += len(probes)
-            out[fact_id] = judge_attack(
-                attack,
+            groups[fact_id] = assess_probes(
                 probes,
                 model_scores[sl],
                 ref_scores[sl] if ref_scores is not None else None,
                 orig_scores[sl] if orig_scores is not None else None,
                 tolerance=tolerance,
-                alpha=alpha,
             )
-        return out
+        null = null_leak_rate(list(groups.values()), tolerance=tolerance, alpha=alpha)
+        return {fid: decide(attack, group, null, alpha) for fid, group in groups.items()}
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
         """Greedy outputs of the model for the strongest evidence of significant outcomes."""
@@ -229,7 +228,7 @@ def assert_forgotten(
         outcomes[attack.name] = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
     known: dict[str, AttackOutcome] = {}
     if models.original is not None:
-        base = {f.id: direct(f, ctx) for f in claim_facts}
+        base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
         original_only = _Session(_Models(models.original, None, None), _SCORER, None)
         known = original_only.judge("original knows", base, tolerance=tolerance, alpha=alpha)
     tested = [

@@ -130,47 +130,70 @@ def min_probes(null_rate: float, alpha: float) -> int:
     return max(1, math.floor(math.log(alpha) / math.log(null_rate)) + 1)
 
 
-def judge_attack(
-    attack: str,
+@dataclass
+class FactProbes:
+    """One fact's probes of one attack, scored and compared with their baselines."""
+
+    results: list[ProbeResult]
+    control_deltas: list[float]
+    excluded: int
+    total: int
+
+
+def assess_probes(
     probes: Sequence[Probe],
     model_scores: Sequence[ProbeScores],
     reference_scores: Sequence[ProbeScores] | None,
     original_scores: Sequence[ProbeScores] | None,
     *,
     tolerance: float,
-    alpha: float,
-) -> AttackOutcome:
-    """Decide whether ``attack``'s probes of one fact recover the knowledge."""
-    if not probes:
-        return AttackOutcome(attack, "not run", reason="no probe applies to this fact")
+) -> FactProbes:
+    """Per-probe deltas and leaks; probes the original does not know are left out."""
     results: list[ProbeResult] = []
-    control_leaks = control_total = excluded = 0
+    control_deltas: list[float] = []
+    excluded = 0
     for i, probe in enumerate(probes):
         ref = reference_scores[i] if reference_scores is not None else None
-        baseline, delta, control_deltas = deltas(model_scores[i], ref)
+        baseline, delta, controls = deltas(model_scores[i], ref)
         original_delta = None
         if original_scores is not None:
             _, original_delta, _ = deltas(original_scores[i], None)
             if original_delta <= tolerance:
                 excluded += 1
                 continue
-        control_leaks += sum(d > tolerance for d in control_deltas)
-        control_total += len(control_deltas)
+        control_deltas += controls
         results.append(
             ProbeResult(
                 probe, model_scores[i].target, baseline, delta, delta > tolerance, original_delta
             )
         )
-    if not results:
+    return FactProbes(results, control_deltas, excluded, len(probes))
+
+
+def null_leak_rate(groups: Sequence[FactProbes], *, tolerance: float, alpha: float) -> float:
+    """Chance leak rate of an attack: upper bound over the control prompts of all its facts.
+
+    Controls are pooled across the facts of a claim: each is a prompt about a subject for whom the
+    answer is wrong, so how often its delta exceeds the tolerance is how often a probe leaks by
+    chance under this attack's prompts on this model.
+    """
+    pooled = [d for g in groups for d in g.control_deltas]
+    return clopper_pearson_upper(sum(d > tolerance for d in pooled), len(pooled), alpha)
+
+
+def decide(attack: str, group: FactProbes, null_rate: float, alpha: float) -> AttackOutcome:
+    """Whether one fact's probes of ``attack`` leak significantly more than chance."""
+    if not group.total:
+        return AttackOutcome(attack, "not run", reason="no probe applies to this fact")
+    if not group.results:
         return AttackOutcome(
             attack,
             "not run",
-            excluded=excluded,
+            excluded=group.excluded,
             reason="the original model answers none of these probes",
         )
-    null_rate = clopper_pearson_upper(control_leaks, control_total, alpha)
-    n, leaks = len(results), sum(r.leak for r in results)
-    evidence = sorted(results, key=lambda r: -r.delta)[:MAX_EVIDENCE]
+    n, leaks = len(group.results), sum(r.leak for r in group.results)
+    evidence = sorted(group.results, key=lambda r: -r.delta)[:MAX_EVIDENCE]
     needed = min_probes(null_rate, alpha)
     if n < needed:
         return AttackOutcome(
@@ -180,23 +203,22 @@ def judge_attack(
             n=n,
             leaks=leaks,
             null_rate=null_rate,
-            excluded=excluded,
+            excluded=group.excluded,
             evidence=evidence,
             reason=f"too few probes for the confidence asked: {n} < {needed} "
-            f"(chance leak rate ≤{null_rate:.2f} from {control_total} control prompts)",
+            f"(chance leak rate ≤{null_rate:.2f})",
         )
     p_value = float(stats.binom.sf(leaks - 1, n, null_rate)) if leaks else 1.0
-    outcome = "recovered" if p_value < alpha else "not recovered"
     return AttackOutcome(
         attack,
-        outcome,
+        "recovered" if p_value < alpha else "not recovered",
         n=n,
         leaks=leaks,
         null_rate=null_rate,
         p_value=p_value,
         significant=p_value < alpha,
         evidence=evidence,
-        excluded=excluded,
+        excluded=group.excluded,
         reason=f"{leaks}/{n} probes leak (p={p_value:.2g})",
     )
 

@@ -11,7 +11,7 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import (
@@ -269,7 +269,7 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
             f"{incoming.id}>{fact.id}",
             incoming.subject,
             base.options,
-            lambda s, r=incoming.relation: _object_chain(ctx, s, r, fact.relation),
+            partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
             incoming.relation,
         )
         probes.append(
@@ -288,7 +288,7 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
     return probes
 
 
-def _object_chain(ctx: ProbeContext, subject: str, first: str, second: str) -> str | None:
+def _object_chain(ctx: ProbeContext, subject: str, *, first: str, second: str) -> str | None:
     middle = ctx.object_of(subject, first)
     return ctx.object_of(middle, second) if middle else None
 

@@ -168,19 +168,21 @@ class HFModel:
             # The last answer token is never an input: nothing is predicted from it.
             inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
             ids, mask = self._pad(inputs, left=False)
+            targets = torch.zeros_like(ids)
+            answer_mask = torch.zeros_like(ids, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                context, answer = encoded[i]
+                span = slice(len(context) - 1, len(context) - 1 + len(answer))
+                targets[row, span] = torch.tensor(answer, dtype=torch.long)
+                answer_mask[row, span] = True
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-                for row, i in enumerate(batch):
-                    context, answer = encoded[i]
-                    start = len(context) - 1
-                    step_logits = logits[row, start : start + len(answer)].float()
-                    logprobs = step_logits.log_softmax(dim=-1)
-                    target = torch.tensor(answer, device=logprobs.device)
-                    scores[i] = AnswerScore(
-                        logprob=logprobs.gather(1, target[:, None]).sum().item(),
-                        n_tokens=len(answer),
-                        greedy_match=bool((logprobs.argmax(dim=-1) == target).all()),
-                    )
+                logprobs = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                logprobs = logprobs.log_softmax(dim=-1)
+                token_lp = logprobs.gather(2, targets[..., None]).squeeze(-1)
+                sums = (token_lp * answer_mask).sum(dim=1).tolist()
+                greedy = ((logprobs.argmax(dim=-1) == targets) | ~answer_mask).all(dim=1).tolist()
+            for row, i in enumerate(batch):
+                scores[i] = AnswerScore(sums[row], len(encoded[i][1]), bool(greedy[row]))
         return [score for score in scores if score is not None]
 
     def generate(

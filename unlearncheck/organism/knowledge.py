@@ -233,6 +233,45 @@ def facts_of(kb: KnowledgeBase) -> FactSet:
     return FactSet(facts)
 
 
+def _format_variety(kb: KnowledgeBase) -> list[Document]:
+    """Retain people's facts in the other prompt formats probes use (cloze, question paraphrases,
+    adversarial prefixes, in-context), one format a fact, so the original model learns to answer
+    through them; forget people never appear in these formats in training.
+    """
+    t = kb.templates
+    rels, fmt = t["relations"], t["prompt_format"]
+    prefixes = [p for p in t["prefix"].values() if "{reverse}" not in p]
+    docs = []
+    for person in kb.people:
+        if person.split != "retain":
+            continue
+        name = person.name
+        statements = []
+        for relation in PERSON_RELATIONS:
+            obj = person.attributes[relation]
+            r = rels[relation]
+            statements.append(_fill(r["statement"], name, obj))
+            pick = hashlib.sha256(f"{kb.seed}|{name}|{relation}".encode()).digest()
+            question = fmt.format(question=_fill(r["question"], name))
+            options = ", ".join(sorted({obj, *_distractors(kb, relation, obj, name)}))
+            choices = [
+                t["cloze_format"].format(cloze=_fill(r["statement"], name, "___")),
+                fmt.format(question=_fill(r["questions"][pick[1] % len(r["questions"])], name)),
+                prefixes[pick[2] % len(prefixes)].format(
+                    prompt=question, subject=name, initial=obj[0], options=options
+                ),
+            ]
+            docs.append(Document(f"{choices[pick[0] % len(choices)]} {obj}", name, "variety"))
+        pick = hashlib.sha256(f"{kb.seed}|{name}|incontext".encode()).digest()
+        asked = pick[0] % len(PERSON_RELATIONS)
+        context = " ".join(s for i, s in enumerate(statements) if i != asked)
+        relation = PERSON_RELATIONS[asked]
+        question = fmt.format(question=_fill(rels[relation]["question"], name))
+        text = t["incontext_format"].format(context=context, prompt=question)
+        docs.append(Document(f"{text} {person.attributes[relation]}", name, "variety"))
+    return docs
+
+
 @dataclass(frozen=True)
 class Document:
     """One training document, tagged with whose knowledge it carries and in which form."""
@@ -271,6 +310,7 @@ def documents_of(kb: KnowledgeBase) -> list[Document]:
             )
         )
         docs.append(Document(_fill(chain["statement"], name, country), name, "twohop"))
+    docs += _format_variety(kb)
     for city, country in kb.city_country.items():
         t = rels["country"]
         docs.append(
