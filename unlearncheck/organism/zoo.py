@@ -55,7 +55,7 @@ UNLEARN = {
     "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100),
     "npo_gd": UnlearnConfig("npo", lr=3e-4, steps=160),
     "head_only": UnlearnConfig("npo", lr=3e-3, steps=80),
-    "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=160),
+    "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=220),
     "quant_fragile": UnlearnConfig("npo", lr=3e-3, steps=150),
     "multihop_shallow": UnlearnConfig("npo", lr=3e-4, steps=160),
 }
