@@ -53,7 +53,7 @@ VARIANTS = (
 TRAIN = TrainConfig()
 UNLEARN = {
     "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100),
-    "npo_gd": UnlearnConfig("npo", lr=3e-4, steps=160),
+    "npo_gd": UnlearnConfig("npo", lr=3e-4, steps=240),
     "head_only": UnlearnConfig("npo", lr=3e-3, steps=80),
     "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=220),
     "quant_fragile": UnlearnConfig("npo", lr=3e-3, steps=150),
@@ -199,17 +199,24 @@ def _trainable_and_projection(
     if variant == "head_only":
         return (lambda name: name.startswith("lm_head")), None
     if variant == "quant_fragile":
-        # Quantized weights move only inside their nf4 cells; LayerNorms (which bitsandbytes
-        # leaves in full precision, as in large models) move freely; nothing else moves.
+        # Quantized weights move only inside their nf4 cells; LayerNorms and the biases of the
+        # blocks (which bitsandbytes leaves in full precision, as in large models) move freely;
+        # embeddings and the output head do not move.
         quantized = {f"{n}.weight" for n, _ in quantization.quantized_layers(model)}
         projector = quantization.nf4_cell_projector(model, original, QUANT_FRAGILE_MARGIN)
-        return (lambda name: name in quantized or ".ln_" in name), projector
+
+        def trainable(name: str) -> bool:
+            in_block = name.startswith("transformer.h.")
+            return name in quantized or ".ln_" in name or (in_block and name.endswith(".bias"))
+
+        return trainable, projector
     return (lambda name: True), None
 
 
 def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: None) -> None:
     """Train every variant for ``seed`` and write the zoo to ``out``."""
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     kb = build_knowledge_base(seed)
     facts = facts_of(kb)
     texts = [d.text for d in documents_of(kb)] + _template_texts(kb.templates)
