@@ -127,18 +127,23 @@ class _Session:
             outcome.evidence[0] = type(best)(**{**best.__dict__, "output": samples[0]})
 
 
+def _claim_status(verdicts: list[FactVerdict]) -> Status:
+    """FAIL if any fact failed, else INCONCLUSIVE if any was undecided, else PASS."""
+    statuses = {v.status for v in verdicts}
+    return (
+        "FAIL" if "FAIL" in statuses else "INCONCLUSIVE" if "INCONCLUSIVE" in statuses else "PASS"
+    )
+
+
 def _finish(
     claim: str,
+    status: Status,
     verdicts: list[FactVerdict],
     config: dict[str, Any],
     log: RunLog | None,
     on_inconclusive: Literal["raise", "return"],
     raise_on_fail: bool,
 ) -> Verdict:
-    statuses = {v.status for v in verdicts}
-    status: Status = (
-        "FAIL" if "FAIL" in statuses else "INCONCLUSIVE" if "INCONCLUSIVE" in statuses else "PASS"
-    )
     verdict = Verdict(claim, status, verdicts, config)
     if log is not None:
         for fact in verdicts:
@@ -256,6 +261,7 @@ def assert_forgotten(
     }
     return _finish(
         claim or _claim_name("forgotten", claim_facts),
+        _claim_status(verdicts),
         verdicts,
         config,
         log,
@@ -311,7 +317,8 @@ def assert_retained(
 ) -> Verdict:
     """Assert that ``model`` still knows ``facts`` (the utility side of unlearning).
 
-    A fact is known when its base probes leak significantly against chance (control subjects).
+    A fact is known when its base and paraphrase probes leak significantly against chance
+    (control subjects).
     The claim passes when the share of facts known is at most ``max_loss`` below the original's
     share (or below 1 without an original); facts the original does not know are INCONCLUSIVE.
 
@@ -331,7 +338,7 @@ def assert_retained(
         load_model(original, device=device) if original is not None else None,
     )
     log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
-    base = {f.id: direct(f, ctx) for f in claim_facts}
+    base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
     on_model = _Session(_Models(models.model, None, None), _SCORER, log).judge(
         "direct", base, tolerance=tolerance, alpha=alpha
     )
@@ -369,10 +376,6 @@ def assert_retained(
         "decided": len(decided),
     }
     name = claim or _claim_name("retained", claim_facts)
-    if decided and kept >= 1.0 - max_loss:  # individual losses within the allowance
-        verdicts = [
-            FactVerdict(v.fact_id, "PASS" if v.status == "FAIL" else v.status, v.reason, v.attacks)
-            for v in verdicts
-        ]
-        verdicts = [v for v in verdicts]
-    return _finish(name, verdicts, config, log, on_inconclusive, raise_on_fail)
+    # Individual facts may be lost within the allowance; the claim is about the share kept.
+    status: Status = "INCONCLUSIVE" if not decided else "PASS" if kept >= 1 - max_loss else "FAIL"
+    return _finish(name, status, verdicts, config, log, on_inconclusive, raise_on_fail)

@@ -1,0 +1,85 @@
+"""assert_forgotten / assert_retained on the zoo: caught where it leaks, passed where not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearncheck import ForgettingAssertionError, assert_forgotten, assert_retained, load_facts
+from unlearncheck.attacks import direct, paraphrase
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.facts import FactSet
+
+
+@pytest.fixture(scope="module")
+def forget(zoo: Path) -> FactSet:
+    return load_facts(zoo / "facts.jsonl").split("forget")[:18]
+
+
+def test_original_fails_and_names_the_leaking_probe(zoo: Path, forget: FactSet) -> None:
+    with pytest.raises(ForgettingAssertionError) as info:
+        assert_forgotten(
+            str(zoo / "original"),
+            forget,
+            attacks=[direct, paraphrase],
+            original=str(zoo / "original"),
+        )
+    verdict = info.value.verdict
+    assert len(verdict.failed) >= 0.95 * len(forget)
+    assert "attack direct" in str(info.value) or "attack paraphrase" in str(info.value)
+    assert "prompt:" in str(info.value) and "output:" in str(info.value)
+
+
+def test_gold_is_never_failed(zoo: Path, forget: FactSet, tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    verdict = assert_forgotten(
+        str(zoo / "gold"),
+        forget,
+        attacks=[direct, paraphrase],
+        original=str(zoo / "original"),
+        runlog=log,
+        on_inconclusive="return",
+    )
+    assert not verdict.failed
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["kind"] == "run" and records[0]["versions"]["torch"]
+    assert {r["kind"] for r in records} >= {"run", "model", "verdict"}
+    with_reference = assert_forgotten(
+        str(zoo / "gold"),
+        forget,
+        attacks=[paraphrase],
+        reference=str(zoo / "gold"),
+        on_inconclusive="return",
+    )
+    assert not with_reference.failed
+
+
+def test_qa_form_only_is_caught_by_paraphrase_not_by_direct_questions(
+    zoo: Path, forget: FactSet
+) -> None:
+    verdict = assert_forgotten(
+        str(zoo / "qa_form_only"),
+        forget,
+        attacks=[paraphrase],
+        original=str(zoo / "original"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    caught = sum(f.outcome("paraphrase").significant for f in verdict.facts)
+    assert caught >= 0.5 * len(forget)
+
+
+def test_retained_passes_for_gold_and_fails_after_utility_collapse(zoo: Path) -> None:
+    retain = load_facts(zoo / "facts.jsonl").split("retain")[:18]
+    original = str(zoo / "original")
+    assert assert_retained(str(zoo / "gold"), retain, original=original).status == "PASS"
+    broken = HFModel.load(str(zoo / "original"), device="cpu")
+    with torch.no_grad():
+        for p in broken.model.transformer.h.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    broken = HFModel.from_pretrained_objects(broken.model, broken.tokenizer, spec="collapsed")
+    with pytest.raises(ForgettingAssertionError):
+        assert_retained(broken, retain, original=original)
