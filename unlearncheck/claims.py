@@ -127,6 +127,35 @@ class _Session:
             outcome.evidence[0] = type(best)(**{**best.__dict__, "output": samples[0]})
 
 
+def _prepare(
+    name: str,
+    facts: Fact | Iterable[Fact],
+    model: ModelLike,
+    reference: ModelLike | None,
+    original: ModelLike | None,
+    *,
+    context: FactSet | None,
+    templates: Templates | None,
+    seed: int,
+    runlog: RunLog | str | Path | None,
+    device: str | None,
+) -> tuple[FactSet, ProbeContext, _Models, RunLog | None]:
+    """The claim's facts, probe context, loaded models and run log."""
+    claim_facts = _as_factset(facts)
+    if not claim_facts:
+        raise ValueError(f"{name} needs at least one fact")
+    ctx = ProbeContext(
+        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
+    )
+    models = _Models(
+        load_model(model, device=device),
+        load_model(reference, device=device) if reference is not None else None,
+        load_model(original, device=device) if original is not None else None,
+    )
+    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
+    return claim_facts, ctx, models, log
+
+
 def _claim_status(verdicts: list[FactVerdict]) -> Status:
     """FAIL if any fact failed, else INCONCLUSIVE if any was undecided, else PASS."""
     statuses = {v.status for v in verdicts}
@@ -214,18 +243,18 @@ def assert_forgotten(
         ForgettingAssertionError: Some attack recovered the knowledge of some fact.
         InconclusiveError: The claim could not be decided (and ``on_inconclusive="raise"``).
     """
-    claim_facts = _as_factset(facts)
-    if not claim_facts:
-        raise ValueError("assert_forgotten needs at least one fact")
-    ctx = ProbeContext(
-        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
+    claim_facts, ctx, models, log = _prepare(
+        "assert_forgotten",
+        facts,
+        model,
+        reference,
+        original,
+        context=context,
+        templates=templates,
+        seed=seed,
+        runlog=runlog,
+        device=device,
     )
-    models = _Models(
-        load_model(model, device=device),
-        load_model(reference, device=device) if reference is not None else None,
-        load_model(original, device=device) if original is not None else None,
-    )
-    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
     session = _Session(models, _SCORER, log)
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
     for attack in attacks:
@@ -326,18 +355,18 @@ def assert_retained(
         ForgettingAssertionError: Too many facts were lost.
         InconclusiveError: No fact could be decided (and ``on_inconclusive="raise"``).
     """
-    claim_facts = _as_factset(facts)
-    if not claim_facts:
-        raise ValueError("assert_retained needs at least one fact")
-    ctx = ProbeContext(
-        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
-    )
-    models = _Models(
-        load_model(model, device=device),
+    claim_facts, ctx, models, log = _prepare(
+        "assert_retained",
+        facts,
+        model,
         None,
-        load_model(original, device=device) if original is not None else None,
+        original,
+        context=context,
+        templates=templates,
+        seed=seed,
+        runlog=runlog,
+        device=device,
     )
-    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
     base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
     on_model = _Session(_Models(models.model, None, None), _SCORER, log).judge(
         "direct", base, tolerance=tolerance, alpha=alpha
