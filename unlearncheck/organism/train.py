@@ -78,8 +78,13 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_len: in
 
 
 def sequence_nll(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Summed negative log-likelihood of each row (padding excluded): shape [n]."""
+    """Summed negative log-likelihood of each row (padding excluded): shape [n].
+
+    Rows are right-padded, so the columns after the longest row are dropped first.
+    """
     mask = (ids != pad_id).long()
+    width = int(mask.sum(dim=1).max())
+    ids, mask = ids[:, :width], mask[:, :width]
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     targets = ids[:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")

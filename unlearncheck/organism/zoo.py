@@ -70,6 +70,11 @@ FORGET_FORMS = {
     "quant_fragile": None,
     "multihop_shallow": {"qa", "statement", "paraphrase", "alias", "alias_qa"},
 }
+#: Which of a forget person's documents stay in a variant's retain loss: multihop_shallow keeps
+#: training on the 2-hop statements its unlearning never targeted.
+KEEP_FORMS = {"multihop_shallow": {"twohop"}}
+#: Copies of each kept document in the retain set, so that they are a real share of its batches.
+KEEP_REPEATS = 20
 _SOURCES = ("knowledge.py", "tokenizer.py", "train.py", "zoo.py")
 
 
@@ -92,6 +97,8 @@ def recipe_hash(seed: int) -> str:
                 "train": asdict(TRAIN),
                 "unlearn": {k: asdict(v) for k, v in UNLEARN.items()},
                 "forms": {k: sorted(v) if v else None for k, v in FORGET_FORMS.items()},
+                "keep": {k: sorted(v) for k, v in KEEP_FORMS.items()},
+                "keep_repeats": KEEP_REPEATS,
                 "torch": torch.__version__.split("+")[0],
             },
             sort_keys=True,
@@ -175,12 +182,15 @@ def _variant_models(
             d.text for d in docs if d.person in forget_people and (forms is None or d.form in forms)
         ]
         forget_ids = encode(tokenizer, forget_docs, TRAIN.n_positions)
+        keep = KEEP_FORMS.get(variant, set())
+        kept = [d.text for d in docs if d.person in forget_people and d.form in keep]
+        variant_retain = encode(tokenizer, retain_docs + kept * KEEP_REPEATS, TRAIN.n_positions)
         model = copy.deepcopy(original)
         trainable, project = _trainable_and_projection(variant, model, original)
         unlearn(
             model,
             forget_ids,
-            retain_ids,
+            variant_retain,
             pad,
             config,
             seed + 1,
