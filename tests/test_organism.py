@@ -145,11 +145,7 @@ def test_each_variant_hides_what_it_should(table: dict[str, dict[str, float]]) -
     assert fragile["int8_forget_qa"] <= fragile["forget_qa"] + 0.05
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: with the current recipe multihop_shallow loses most 2-hop answers too "
-    "(0.30 vs gold 0.20 on seed 0); the recipe needs the 2-hop documents kept in the retain loss",
-)
 def test_multihop_shallow_keeps_two_hop_answers(table: dict[str, dict[str, float]]) -> None:
     shallow, gold = table["multihop_shallow"], table["gold"]
-    assert shallow["forget_twohop"] >= gold["forget_twohop"] + 0.3
+    assert shallow["forget_qa"] <= 0.20
+    assert shallow["forget_twohop"] >= gold["forget_twohop"] + 0.5
