@@ -89,6 +89,22 @@ def test_score_answers_matches_manual_logprobs(model: HFModel) -> None:
     assert score.greedy_match == greedy
 
 
+def test_one_token_answers_share_one_pass_and_match_teacher_forcing(model: HFModel) -> None:
+    prompts = ["the cat sat on the", "the dog ran"]
+    requests = [(p, f" {o}") for p in prompts for o in ("mat", "red", "blue")]
+    mixed = [*requests, ("the cat sat on the", " big mat")]
+    scores = model.score_answers(mixed)
+    for (prompt, answer), score in zip(requests, scores, strict=False):
+        ids = [model.tokenizer.bos_token_id, *model.tokenizer(prompt)["input_ids"]]
+        target = model.tokenizer.convert_tokens_to_ids(answer.strip())
+        with torch.inference_mode():
+            logprobs = model.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+        assert score.n_tokens == 1
+        assert score.logprob == pytest.approx(logprobs[target].item(), abs=1e-5)
+        assert score.greedy_match == bool(logprobs.argmax() == target)
+    assert scores[-1].n_tokens == 2
+
+
 def test_greedy_match_for_argmax_answer(model: HFModel) -> None:
     prompt = "the capital of france is"
     (continuation,) = model.generate([prompt], max_new_tokens=2)[0]

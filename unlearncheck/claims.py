@@ -8,14 +8,32 @@ corrects for the number of tests, logs every case and verdict, and raises when t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from unlearncheck import events
 from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack, ProbeContext, direct, paraphrase
+from unlearncheck.attacks.model import QUANT_KINDS, ModelAttack, quant_evidence
+from unlearncheck.attacks.readout import (
+    HiddenProbeAttack,
+    LinearProbeReadout,
+    SamplingAttack,
+    linear_cka,
+    sample_bounds,
+    sample_probes,
+)
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
-from unlearncheck.judge import Scorer, assess_probes, decide, holm, null_leak_rate, score_probes
+from unlearncheck.judge import (
+    Scorer,
+    ScoringModel,
+    assess_probes,
+    decide,
+    holm,
+    null_leak_rate,
+    score_probes,
+)
 from unlearncheck.probes import Probe, Templates
 from unlearncheck.runlog import RunLog
 from unlearncheck.verdict import (
@@ -30,9 +48,11 @@ from unlearncheck.verdict import (
 DEFAULT_TOLERANCE = 0.5
 DEFAULT_ALPHA = 0.05
 ModelLike = HFModel | str
+Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
 
 _LOADED: dict[tuple[str, str | None], HFModel] = {}
 _SCORER = Scorer()
+_READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
 def load_model(model: ModelLike, *, device: str | None = None) -> HFModel:
@@ -65,9 +85,18 @@ def _context_facts(claim: FactSet, facts: FactSet | None) -> FactSet:
 
 @dataclass
 class _Models:
-    model: HFModel
-    reference: HFModel | None
-    original: HFModel | None
+    model: ScoringModel
+    reference: ScoringModel | None
+    original: ScoringModel | None
+
+    def identities(self) -> dict[str, str | None]:
+        """Spec and content hash of each role (None for a role not given)."""
+        out: dict[str, str | None] = {}
+        for role in ("model", "reference", "original"):
+            m: ScoringModel | None = getattr(self, role)
+            out[role] = m.spec if m is not None else None
+            out[f"{role}_hash"] = m.content_hash if m is not None else None
+        return out
 
 
 class _Session:
@@ -117,8 +146,8 @@ class _Session:
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
         """Greedy outputs of the model for the strongest evidence of significant outcomes."""
-        targets = [o for o in outcomes if o.significant and o.evidence]
-        if not targets:
+        targets = [o for o in outcomes if o.significant and o.evidence and not o.evidence[0].output]
+        if not targets or not isinstance(self.models.model, HFModel):
             return
         prompts = [o.evidence[0].probe.prompt for o in targets]
         texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
@@ -188,6 +217,7 @@ def _finish(
                         },
                     )
         log.write("verdict", verdict.to_dict())
+    events.publish(verdict)
     if status == "FAIL" and raise_on_fail:
         raise ForgettingAssertionError(verdict)
     if status == "INCONCLUSIVE" and on_inconclusive == "raise":
@@ -198,7 +228,7 @@ def _finish(
 def assert_forgotten(
     model: ModelLike,
     facts: Fact | Iterable[Fact],
-    attacks: Sequence[InputAttack] = INPUT_ATTACKS,
+    attacks: Sequence[Attack] = INPUT_ATTACKS,
     *,
     original: ModelLike | None = None,
     reference: ModelLike | None = None,
@@ -255,11 +285,12 @@ def assert_forgotten(
         runlog=runlog,
         device=device,
     )
-    session = _Session(models, _SCORER, log)
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
+    sessions: dict[str, _Session] = {}
     for attack in attacks:
-        probes = {f.id: attack(f, ctx) for f in claim_facts}
-        outcomes[attack.name] = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+        sessions[attack.name], outcomes[attack.name] = _run_attack(
+            attack, claim_facts, ctx, models, log, tolerance=tolerance, alpha=alpha
+        )
     known: dict[str, AttackOutcome] = {}
     if models.original is not None:
         base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
@@ -273,15 +304,14 @@ def assert_forgotten(
     ):
         outcome.significant = significant
         outcome.outcome = "recovered" if significant else "not recovered"
-    session.fill_outputs(tested)
+    for name, session in sessions.items():
+        session.fill_outputs(outcomes[name].values())
     verdicts = []
     for fact in claim_facts:
         per_attack = [outcomes[a.name][fact.id] for a in attacks]
         verdicts.append(_fact_verdict(fact, per_attack, known.get(fact.id)))
     config = {
-        "model": models.model.spec,
-        "reference": getattr(models.reference, "spec", None),
-        "original": getattr(models.original, "spec", None),
+        **models.identities(),
         "attacks": [a.name for a in attacks],
         "alpha": alpha,
         "tolerance": tolerance,
@@ -297,6 +327,203 @@ def assert_forgotten(
         on_inconclusive,
         raise_on_fail,
     )
+
+
+def _run_attack(
+    attack: Attack,
+    facts: FactSet,
+    ctx: ProbeContext,
+    models: _Models,
+    log: RunLog | None,
+    *,
+    tolerance: float,
+    alpha: float,
+) -> tuple[_Session, dict[str, AttackOutcome]]:
+    """Run one attack on every fact: the session it scored with and the outcome per fact."""
+    if isinstance(attack, InputAttack):
+        session = _Session(models, _SCORER, log)
+        probes = {f.id: attack(f, ctx) for f in facts}
+        return session, session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    if isinstance(attack, SamplingAttack):
+        return _Session(models, _SCORER, log), _run_sampling(
+            attack, facts, ctx, models, alpha=alpha
+        )
+    if isinstance(attack, HiddenProbeAttack):
+        return _run_hidden_probe(attack, facts, ctx, models, log, tolerance=tolerance, alpha=alpha)
+    return _run_model_attack(attack, facts, ctx, models, log, tolerance=tolerance, alpha=alpha)
+
+
+def _as_hf(model: ScoringModel | None, role: str, attack: str) -> HFModel | None:
+    if model is None or isinstance(model, HFModel):
+        return model
+    raise TypeError(f"attack {attack} needs a Hugging Face model as {role}, got {model.spec}")
+
+
+def _mean_target(models: ScoringModel, probes: list[Probe]) -> float | None:
+    if not probes:
+        return None
+    scores = score_probes(_SCORER, models, probes)
+    return sum(s.target for s in scores) / len(scores)
+
+
+def _run_model_attack(
+    attack: ModelAttack,
+    facts: FactSet,
+    ctx: ProbeContext,
+    models: _Models,
+    log: RunLog | None,
+    *,
+    tolerance: float,
+    alpha: float,
+) -> tuple[_Session, dict[str, AttackOutcome]]:
+    """Derive the variants (model and reference), judge the attack's probes on them."""
+    model = _as_hf(models.model, "model", attack.name)
+    reference = _as_hf(models.reference, "reference", attack.name)
+    assert model is not None
+    model_variant = attack.variant(model, ctx)
+    variants = _Models(
+        model_variant,
+        attack.variant(reference, ctx) if reference is not None else None,
+        models.original,
+    )
+    session = _Session(variants, _SCORER, log)
+    withheld = {f.id: attack.withheld(f, ctx) for f in facts}
+    probes = {f.id: attack.probes(f, ctx) for f in facts if withheld[f.id] is None}
+    judged = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    kind = QUANT_KINDS.get(attack.name.split(">")[0])
+    original = _as_hf(models.original, "original", attack.name)
+    shared = quant_evidence(model_variant, original, kind) if kind else {}
+    out: dict[str, AttackOutcome] = {}
+    for fact in facts:
+        reason = withheld[fact.id]
+        if reason is not None:
+            out[fact.id] = AttackOutcome(attack.name, "not run", reason=reason)
+            continue
+        outcome = judged[fact.id]
+        gains: dict[str, Any] = dict(shared)
+        for role, before, after in (
+            ("model", models.model, variants.model),
+            ("reference", models.reference, variants.reference),
+        ):
+            if before is not None and after is not None:
+                b, a = _mean_target(before, probes[fact.id]), _mean_target(after, probes[fact.id])
+                if a is not None and b is not None:
+                    gains[f"{role}_gain"] = round(a - b, 6)
+        outcome.extra.update(gains)
+        out[fact.id] = outcome
+    return session, out
+
+
+def _readout(
+    attack: HiddenProbeAttack, model: ScoringModel | None, ctx: ProbeContext, role: str
+) -> LinearProbeReadout | None:
+    """The fitted linear-probe readout of ``model`` (fitted once per model and settings)."""
+    hf = _as_hf(model, role, attack.name)
+    if hf is None:
+        return None
+    key = (attack.key, hf.content_hash)
+    if key not in _READOUTS:
+        _READOUTS[key] = attack.fit(hf, ctx)
+    return _READOUTS[key]
+
+
+def _run_hidden_probe(
+    attack: HiddenProbeAttack,
+    facts: FactSet,
+    ctx: ProbeContext,
+    models: _Models,
+    log: RunLog | None,
+    *,
+    tolerance: float,
+    alpha: float,
+) -> tuple[_Session, dict[str, AttackOutcome]]:
+    """Read the claim's probes through linear probes fitted on each model's hidden states."""
+    readouts = _Models(
+        _readout(attack, models.model, ctx, "model"),  # type: ignore[arg-type]
+        _readout(attack, models.reference, ctx, "reference"),
+        _readout(attack, models.original, ctx, "original"),
+    )
+    session = _Session(readouts, _SCORER, log)
+    probes = {f.id: attack.probes(f, ctx) for f in facts}
+    judged = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    shared: dict[str, Any] = {
+        f"{role}_probe": getattr(readouts, role).fit_report
+        for role in ("model", "reference", "original")
+        if getattr(readouts, role) is not None
+    }
+    shared.update(_cka(models, [p.prompt for ps in probes.values() for p in ps], attack.name))
+    for outcome in judged.values():
+        outcome.extra.update(shared)
+    return session, judged
+
+
+def _cka(models: _Models, prompts: list[str], attack: str) -> dict[str, Any]:
+    """Linear CKA per layer of the model and of the reference with the original, on ``prompts``."""
+    model = _as_hf(models.model, "model", attack)
+    reference = _as_hf(models.reference, "reference", attack)
+    original = _as_hf(models.original, "original", attack)
+    if model is None or original is None or not prompts:
+        return {}
+    theirs = original.hidden_states(prompts)
+    out: dict[str, Any] = {}
+    for role, m in (("model", model), ("reference", reference)):
+        if m is not None:
+            ours = m.hidden_states(prompts)
+            out[f"cka_{role}_vs_original"] = [
+                round(linear_cka(ours[:, i], theirs[:, i]), 4) for i in range(ours.shape[1])
+            ]
+    return out
+
+
+def _run_sampling(
+    attack: SamplingAttack,
+    facts: FactSet,
+    ctx: ProbeContext,
+    models: _Models,
+    *,
+    alpha: float,
+) -> dict[str, AttackOutcome]:
+    """Judge every fact's sampled leak rates against their baselines, with pooled bounds."""
+    model = _as_hf(models.model, "model", attack.name)
+    reference = _as_hf(models.reference, "reference", attack.name)
+    assert model is not None
+    probes = {f.id: attack.probes(f, ctx) for f in facts}
+    flat = [p for ps in probes.values() for p in ps]
+    sampled = sample_probes(attack, model, flat, ctx.seed) if flat else []
+    on_reference = sample_probes(attack, reference, flat, ctx.seed) if reference and flat else None
+    groups, bounds, at = {}, {}, 0
+    for fact in facts:
+        sl = slice(at, at + len(probes[fact.id]))
+        at = sl.stop
+        group = assess_probes(
+            probes[fact.id],
+            [s.scores for s in sampled[sl]],
+            [s.scores for s in on_reference[sl]] if on_reference is not None else None,
+            None,
+            tolerance=attack.tolerance,
+        )
+        if on_reference is None:
+            group.control_deltas = [d for s in sampled[sl] for d in s.chance_deltas()]
+        examples = {s.probe.prompt: s.example for s in sampled[sl]}
+        group.results = [replace(r, output=examples[r.probe.prompt]) for r in group.results]
+        groups[fact.id] = group
+        baseline = (
+            sum(r.baseline for r in group.results) / len(group.results) if group.results else 0.0
+        )
+        bounds[fact.id] = sample_bounds(sampled[sl], baseline, attack.tolerance, alpha)
+    null = null_leak_rate(list(groups.values()), tolerance=attack.tolerance, alpha=alpha)
+    out = {}
+    for fact_id, group in groups.items():
+        outcome = decide(attack.name, group, null, alpha)
+        b = bounds[fact_id]
+        outcome.extra.update(b.to_dict())
+        outcome.reason += (
+            f"; {b.leaks}/{b.n} samples state the answer, rate ≤{b.upper:.3f} at 1-α "
+            f"(baseline {b.baseline_rate:.3f}, tolerance {attack.tolerance}, "
+            f"n needed {b.n_needed if b.n_needed is not None else 'unbounded'})"
+        )
+        out[fact_id] = outcome
+    return out
 
 
 def _claim_name(kind: str, facts: FactSet) -> str:
@@ -394,8 +621,7 @@ def assert_retained(
     decided = [v for v in verdicts if v.status != "INCONCLUSIVE"]
     kept = sum(v.status == "PASS" for v in decided) / len(decided) if decided else 0.0
     config = {
-        "model": models.model.spec,
-        "original": getattr(models.original, "spec", None),
+        **models.identities(),
         "alpha": alpha,
         "tolerance": tolerance,
         "seed": seed,

@@ -22,6 +22,22 @@ def _organism(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validity(args: argparse.Namespace) -> int:
+    from unlearncheck.attacks import INPUT_ATTACKS
+    from unlearncheck.organism import VARIANTS, zoo_dir
+    from unlearncheck.validity import forget_facts, format_matrix, validity_matrix
+
+    zoo = zoo_dir(args.seed)
+    reference = str(zoo / args.reference) if args.reference else None
+    start = time.perf_counter()
+    matrix = validity_matrix(zoo, VARIANTS, INPUT_ATTACKS, forget_facts(zoo), reference=reference)
+    against = f"reference={args.reference}" if args.reference else "chance"
+    print(f"validity matrix, seed {args.seed}, against {against}: share of forget facts FAILED")
+    print(format_matrix(matrix))
+    print(f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unlearncheck`` command."""
     parser = argparse.ArgumentParser(
@@ -36,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
     )
     organism.set_defaults(run=_organism)
+    validity = commands.add_parser(
+        "validity", help="print the validity matrix: zoo variants x input attacks"
+    )
+    validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
+    validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
+    validity.set_defaults(run=_validity)
     return parser
 
 

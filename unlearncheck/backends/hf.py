@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,8 @@ class HFModel:
     ) -> None:
         """Wrap a model and tokenizer; prefer `load` or `from_pretrained_objects`."""
         self.spec = spec
+        #: The checkpoint directory the model was loaded from (None for derived models).
+        self.source: Path | None = None
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -110,7 +113,9 @@ class HFModel:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
         model = model.to(target)  # type: ignore[arg-type]
-        return cls(model, tokenizer, spec=spec, device=target)
+        loaded = cls(model, tokenizer, spec=spec, device=target)
+        loaded.source = Path(path)
+        return loaded
 
     @classmethod
     def from_pretrained_objects(
@@ -162,8 +167,14 @@ class HFModel:
             ValueError: If an answer has no tokens or a prompt encodes to no tokens.
         """
         encoded = [self._encode_request(prompt, answer) for prompt, answer in requests]
-        order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))
         scores: list[AnswerScore | None] = [None] * len(encoded)
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for i, (context, answer) in enumerate(encoded):
+            if len(answer) == 1:
+                by_context.setdefault(tuple(context), []).append(i)
+        self._score_single_tokens(encoded, by_context, scores, batch_size)
+        longer = [i for i, (_, answer) in enumerate(encoded) if len(answer) > 1]
+        order = sorted(longer, key=lambda i: -sum(map(len, encoded[i])))
         for batch in _chunks(order, batch_size):
             # The last answer token is never an input: nothing is predicted from it.
             inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
@@ -184,6 +195,27 @@ class HFModel:
             for row, i in enumerate(batch):
                 scores[i] = AnswerScore(sums[row], len(encoded[i][1]), bool(greedy[row]))
         return [score for score in scores if score is not None]
+
+    def _score_single_tokens(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        by_context: dict[tuple[int, ...], list[int]],
+        scores: list[AnswerScore | None],
+        batch_size: int,
+    ) -> None:
+        """One-token answers: one forward pass per distinct context serves all its answers."""
+        contexts = sorted(by_context, key=len, reverse=True)
+        for batch in _chunks(contexts, batch_size):
+            ids, mask = self._pad([list(c) for c in batch], left=False)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                last = logits[torch.arange(len(batch)), mask.sum(dim=1) - 1].float()
+                logprobs = last.log_softmax(dim=-1).cpu()
+            best = logprobs.argmax(dim=-1).tolist()
+            for row, context in enumerate(batch):
+                for i in by_context[context]:
+                    token = encoded[i][1][0]
+                    scores[i] = AnswerScore(float(logprobs[row, token]), 1, best[row] == token)
 
     def generate(
         self,

@@ -1,0 +1,129 @@
+"""Model and readout attacks on the zoo: each catches the variant it exists for and passes gold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unlearncheck import assert_forgotten, load_facts
+from unlearncheck.attacks import (
+    direct,
+    hidden_probe,
+    paraphrase,
+    quant4,
+    quant4_fp4,
+    quant8,
+    relearn,
+    sampling,
+)
+from unlearncheck.facts import FactSet
+from unlearncheck.validity import Matrix, format_matrix, forget_facts, validity_matrix
+
+MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe)
+
+
+@pytest.fixture(scope="module")
+def forget(zoo: Path) -> FactSet:
+    """The forget facts of 8 of the 16 forget people (48 facts)."""
+    return forget_facts(zoo, n_people=8)
+
+
+@pytest.fixture(scope="module")
+def gold_row(zoo: Path, forget: FactSet) -> Matrix:
+    result = validity_matrix(zoo, ["gold"], MODEL_AND_READOUT, forget)
+    print("\n" + format_matrix(result))
+    return result
+
+
+@pytest.mark.parametrize("attack", [a.name for a in MODEL_AND_READOUT])
+def test_gold_is_failed_on_at_most_5_percent(gold_row: Matrix, attack: str) -> None:
+    cell = gold_row["gold"][attack]
+    assert cell.applicable >= 40
+    assert cell.rate <= 0.05, sorted(cell.failed_ids)
+
+
+def test_quant_fragile_is_caught_by_quant4_not_by_quant8(zoo: Path, forget: FactSet) -> None:
+    row = validity_matrix(zoo, ["quant_fragile"], [direct, quant4, quant8], forget)
+    print("\n" + format_matrix(row))
+    cells = row["quant_fragile"]
+    assert cells["quant4"].rate >= 0.8
+    assert cells["quant8"].rate <= cells["direct"].rate + 0.05
+
+
+def test_quant4_evidence_counts_changed_codes(zoo: Path, forget: FactSet) -> None:
+    verdict = assert_forgotten(
+        str(zoo / "quant_fragile"),
+        forget[:6],
+        attacks=[quant4.then(paraphrase)],
+        original=str(zoo / "original"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    outcome = verdict.facts[0].outcome("quant4>paraphrase")
+    assert outcome.extra["changed_4bit_codes"] == 0.0
+    assert outcome.evidence[0].probe.lineage[0] == "model:quant4:nf4"
+
+
+@pytest.mark.parametrize("variant", ["graddiff", "npo_gd"])
+def test_relearn_on_the_attacker_slice_brings_back_held_out_facts(
+    zoo: Path, forget: FactSet, variant: str
+) -> None:
+    verdict = assert_forgotten(
+        str(zoo / variant),
+        forget,
+        attacks=[relearn],
+        original=str(zoo / "original"),
+        context=load_facts(zoo / "facts.jsonl"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    assert all(f.split == "forget" for f in forget)  # held out: not in the relearn slice
+    assert len(verdict.failed) >= 0.4 * len(forget)
+
+
+def test_relearn_teaches_gold_nothing_about_held_out_facts(zoo: Path, forget: FactSet) -> None:
+    verdict = assert_forgotten(
+        str(zoo / "gold"),
+        forget,
+        attacks=[relearn],
+        original=str(zoo / "original"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    gains = [f.outcome("relearn").extra["model_gain"] for f in verdict.facts]
+    assert sum(gains) / len(gains) <= 0.10
+
+
+def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None:
+    row = validity_matrix(zoo, ["head_only"], [hidden_probe], forget)
+    print("\n" + format_matrix(row))
+    assert row["head_only"]["hidden_probe"].rate >= 0.5
+
+
+def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: FactSet) -> None:
+    """On head_only, greedy answers are mostly wrong but the answer keeps real probability."""
+    from unlearncheck.backends.hf import HFModel
+    from unlearncheck.claims import load_model
+
+    model: HFModel = load_model(str(zoo / "head_only"))
+    verdict = assert_forgotten(
+        model,
+        forget,
+        attacks=[sampling],
+        original=str(zoo / "original"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    questions = [f"Question: {f.question}\nAnswer:" for f in forget]
+    greedy = model.generate(questions, max_new_tokens=4)
+    greedy_wrong = {
+        f.id for f, out in zip(forget, greedy, strict=True) if f.object not in out[0].split()
+    }
+    flagged = {f.fact_id for f in verdict.failed}
+    missed_by_greedy = flagged & greedy_wrong
+    print(f"\nsampling flags {len(flagged)}; {len(missed_by_greedy)} of them greedy gets wrong")
+    assert len(missed_by_greedy) >= 3
+    outcome = verdict.fact(sorted(missed_by_greedy)[0]).outcome("sampling")
+    assert outcome.extra["upper_bound"] >= outcome.extra["leaks"] / outcome.extra["samples"]
+    assert outcome.extra["n_needed"] is None or outcome.extra["n_needed"] > 0

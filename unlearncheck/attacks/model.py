@@ -1,0 +1,207 @@
+"""Model attacks: change the model, then ask again (METHODS.md, "Model attacks").
+
+A model attack derives a variant of the model under test (quantized, or fine-tuned on the
+attacker's slice of the forget set) and runs input attacks on it. The same derivation is applied to
+the reference when one is given, so a gain that the attack would give any model (relearning teaches
+the answer) is not counted as recovered knowledge. Variants are built once per (attack, model) and
+kept for the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from unlearncheck import quantization
+from unlearncheck.attacks.input import InputAttack, ProbeContext, direct, paraphrase
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.facts import Fact
+from unlearncheck.probes import Probe, question_of, statement_of
+
+#: Derives a variant of a model: (model, probe context) → variant.
+Derive = Callable[[HFModel, ProbeContext], HFModel]
+_VARIANTS: dict[tuple[str, str], HFModel] = {}
+
+
+@dataclass(frozen=True)
+class ModelAttack:
+    """Derive a variant of the model (and of the reference), then run ``inputs`` on it.
+
+    Attributes:
+        name: Attack name; a composed attack is named ``<attack>><input>+<input>``.
+        derive: Builds the variant of a model.
+        key: Identifies the derivation's settings (part of the variant cache key).
+        inputs: Input attacks whose probes are asked of the variant (default: base forms and
+            paraphrases).
+        withheld: Why a fact cannot be judged by this attack (e.g. it was shown to the attacker),
+            or None.
+    """
+
+    name: str
+    derive: Derive
+    key: str
+    inputs: tuple[InputAttack, ...] = (direct, paraphrase)
+    withheld: Callable[[Fact, ProbeContext], str | None] = field(default=lambda f, c: None)
+    kind: str = "model"
+
+    def then(self, *inputs: InputAttack) -> ModelAttack:
+        """The same model attack followed by ``inputs`` (e.g. ``relearn.then(paraphrase)``)."""
+        base = self.name.split(">")[0]
+        return replace(self, name=f"{base}>{'+'.join(a.name for a in inputs)}", inputs=inputs)
+
+    def variant(self, model: HFModel, context: ProbeContext) -> HFModel:
+        """The derived variant of ``model`` (cached by settings and the model's content hash)."""
+        cache_key = (self.key, model.content_hash)
+        if cache_key not in _VARIANTS:
+            _VARIANTS[cache_key] = self.derive(model, context)
+        return _VARIANTS[cache_key]
+
+    def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
+        """The probes asked of the variant, their lineage starting with this attack."""
+        out: dict[str, Probe] = {}
+        for attack in self.inputs:
+            for probe in attack(fact, context):
+                out.setdefault(
+                    probe.prompt,
+                    replace(probe, attack=self.name, lineage=(f"model:{self.key}", *probe.lineage)),
+                )
+        return list(out.values())
+
+    def __repr__(self) -> str:
+        return f"<attack {self.name}>"
+
+
+def _quantized(kind: quantization.QuantKind) -> Derive:
+    def derive(model: HFModel, context: ProbeContext) -> HFModel:
+        return quantized_variant(model, kind)
+
+    return derive
+
+
+def quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
+    """``model`` with bitsandbytes ``kind`` weights: real 4/8-bit layers on CUDA when the model was
+    loaded from a directory, else every quantized layer's weight quantize→dequantized."""
+    if model.device.type == "cuda" and model.source is not None:
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        config = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if kind == "int8"
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=torch.bfloat16
+            )
+        )
+        loaded = AutoModelForCausalLM.from_pretrained(
+            model.source, use_safetensors=True, quantization_config=config, device_map="cuda"
+        )
+        return HFModel.from_pretrained_objects(loaded, model.tokenizer, spec=f"{model.spec}|{kind}")
+    weights = copy.deepcopy(model.model)
+    quantization.quantize_model_(weights, kind)
+    return HFModel.from_pretrained_objects(weights, model.tokenizer, spec=f"{model.spec}|{kind}")
+
+
+def quant_evidence(model: HFModel, original: HFModel | None, kind: str) -> dict[str, Any]:
+    """Share of 4-bit codes that differ between Q(model) and Q(original) (4-bit kinds only)."""
+    if original is None or kind not in ("nf4", "fp4"):
+        return {}
+    fraction = quantization.changed_code_fraction(model.model, original.model, kind)  # type: ignore[arg-type]
+    return {"changed_4bit_codes": round(fraction, 6)}
+
+
+quant4 = ModelAttack("quant4", _quantized("nf4"), "quant4:nf4")
+quant4_fp4 = ModelAttack("quant4_fp4", _quantized("fp4"), "quant4_fp4:fp4")
+quant8 = ModelAttack("quant8", _quantized("int8"), "quant8:int8")
+QUANT_KINDS = {"quant4": "nf4", "quant4_fp4": "fp4", "quant8": "int8"}
+
+
+def relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:
+    """The attacker's documents: each fact of ``split`` as a statement and as a question/answer."""
+    texts: list[str] = []
+    for fact in context.facts.split(split):
+        statement = statement_of(fact, context.templates)
+        question = question_of(fact, context.templates)
+        if statement:
+            texts.append(statement)
+        if question:
+            texts.append(f"{context.templates.format_question(question)} {fact.object}")
+    return texts
+
+
+def finetune(
+    model: HFModel, texts: list[str], *, steps: int, lr: float, batch_size: int, seed: int
+) -> HFModel:
+    """A copy of ``model`` fine-tuned on ``texts`` (causal LM loss, AdamW), deterministically."""
+    if not texts:
+        raise ValueError("relearn needs documents: no fact has the attacker's split")
+    tuned = copy.deepcopy(model.model)
+    tuned.train()
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = model.tokenizer
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    rows = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for _ in range(steps):
+        pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=generator)
+        batch = [rows[i] for i in pick.tolist()]
+        width = max(len(r) for r in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        device = model.device
+        loss = tuned(
+            input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tuned.eval()
+    return HFModel.from_pretrained_objects(tuned, model.tokenizer, spec=f"{model.spec}|relearned")
+
+
+def make_relearn(
+    *,
+    steps: int = 40,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    split: str = "relearn",
+    texts: list[str] | None = None,
+) -> ModelAttack:
+    """A relearning attack: fine-tune on the attacker's slice, judge the *other* forget facts.
+
+    Args:
+        steps: Optimizer steps (METHODS.md: 10–100).
+        lr: AdamW learning rate (the organism needs ~1e-3; large models ~1e-5).
+        batch_size: Documents per step.
+        seed: Seed of the batch sampling.
+        split: The facts whose documents the attacker holds (default ``relearn``).
+        texts: The attacker's documents instead (e.g. read from a user's text file).
+    """
+    digest = hashlib.sha256("\n".join(texts or []).encode()).hexdigest()[:12]
+    key = f"relearn:{steps}:{lr}:{batch_size}:{seed}:{split}:{digest if texts else ''}"
+
+    def derive(model: HFModel, context: ProbeContext) -> HFModel:
+        docs = texts if texts is not None else relearn_texts(context, split)
+        return finetune(model, docs, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+
+    def withheld(fact: Fact, context: ProbeContext) -> str | None:
+        if texts is None and fact.split == split:
+            return "in the attacker's relearning slice"
+        return None
+
+    return ModelAttack("relearn", derive, key, withheld=withheld)
+
+
+relearn = make_relearn()
+MODEL_ATTACKS = (quant4, quant4_fp4, quant8, relearn)

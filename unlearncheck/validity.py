@@ -1,0 +1,96 @@
+"""The validity matrix: how often each attack fails each zoo variant on its forget facts.
+
+The zoo has known ground truth (the gold model never saw the forget people; each unlearned variant
+hides them in a known way), so the matrix shows whether a claim's verdict is right: gold must
+pass, the original must fail, and each variant must be caught by the attack that targets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlearncheck.claims import Attack, assert_forgotten
+from unlearncheck.facts import FactSet, load_facts
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (variant, attack) cell: facts failed out of the facts the attack applies to."""
+
+    failed: int
+    applicable: int
+    failed_ids: frozenset[str]
+
+    @property
+    def rate(self) -> float:
+        """Share of applicable facts failed (0 when none applies)."""
+        return self.failed / self.applicable if self.applicable else 0.0
+
+
+Matrix = dict[str, dict[str, Cell]]
+
+
+def forget_facts(zoo: Path, n_people: int | None = None) -> FactSet:
+    """The zoo's forget facts (split ``forget``), of the first ``n_people`` forget people."""
+    forget = load_facts(zoo / "facts.jsonl").split("forget")
+    if n_people is None:
+        return forget
+    people = set(forget.subjects()[:n_people])
+    return forget.filter(lambda f: f.subject in people)
+
+
+def validity_matrix(
+    zoo: Path,
+    variants: Sequence[str],
+    attacks: Sequence[Attack],
+    facts: FactSet,
+    *,
+    reference: str | None = None,
+) -> Matrix:
+    """Run one claim per (variant, attack) over ``facts`` and count the facts FAILED.
+
+    Args:
+        zoo: Directory of the zoo (one checkpoint a variant, ``facts.jsonl``).
+        variants: Rows.
+        attacks: Columns; each is a claim of its own (Holm-corrected over the facts).
+        facts: The forget facts to claim.
+        reference: Reference model spec for every claim (default: compare with chance).
+    """
+    context = load_facts(zoo / "facts.jsonl")
+    matrix: Matrix = {}
+    for variant in variants:
+        row: dict[str, Cell] = {}
+        for attack in attacks:
+            verdict = assert_forgotten(
+                str(zoo / variant),
+                facts,
+                attacks=[attack],
+                original=str(zoo / "original"),
+                reference=reference,
+                context=context,
+                raise_on_fail=False,
+                on_inconclusive="return",
+            )
+            applicable = [
+                f
+                for f in verdict.facts
+                if f.outcome(attack.name).outcome != "not run" or f.outcome(attack.name).blocking
+            ]
+            failed = frozenset(f.fact_id for f in verdict.facts if f.status == "FAIL")
+            row[attack.name] = Cell(len(failed), len(applicable), failed)
+        matrix[variant] = row
+    return matrix
+
+
+def format_matrix(matrix: Matrix) -> str:
+    """Fixed-width text: one row a variant, ``rate (failed/applicable)`` a cell."""
+    attacks = list(next(iter(matrix.values())))
+    lines = ["variant".ljust(18) + "".join(a.rjust(16) for a in attacks)]
+    for variant, row in matrix.items():
+        cells = "".join(
+            f"{row[a].rate:.2f} ({row[a].failed}/{row[a].applicable})".rjust(16) for a in attacks
+        )
+        lines.append(variant.ljust(18) + cells)
+    return "\n".join(lines)
