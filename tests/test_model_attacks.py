@@ -18,7 +18,7 @@ from unlearncheck.attacks import (
     sampling,
 )
 from unlearncheck.facts import FactSet
-from unlearncheck.validity import Matrix, format_matrix, forget_facts, validity_matrix
+from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 
 MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe)
 
