@@ -14,7 +14,8 @@ from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_
 
 @pytest.fixture(scope="module")
 def forget(zoo: Path) -> FactSet:
-    return forget_facts(zoo)
+    """The forget facts of 8 of the 16 forget people (48 facts); the CLI runs all of them."""
+    return forget_facts(zoo, n_people=8)
 
 
 @pytest.fixture(scope="module")
@@ -65,5 +66,5 @@ def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_h
     matrix: Matrix = request.getfixturevalue(calibration)
     answered = matrix["original"]["multihop"].failed_ids
     caught = matrix["multihop_shallow"]["multihop"].failed_ids & answered
-    assert len(answered) >= 10
+    assert len(answered) >= 6
     assert len(caught) >= 0.6 * len(answered)

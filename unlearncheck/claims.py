@@ -31,6 +31,7 @@ from unlearncheck.judge import (
     assess_probes,
     decide,
     holm,
+    min_probes,
     null_leak_rate,
     score_probes,
 )
@@ -304,6 +305,7 @@ def assert_forgotten(
     ):
         outcome.significant = significant
         outcome.outcome = "recovered" if significant else "not recovered"
+    _block_underpowered(tested, alpha)
     for name, session in sessions.items():
         session.fill_outputs(outcomes[name].values())
     verdicts = []
@@ -327,6 +329,27 @@ def assert_forgotten(
         on_inconclusive,
         raise_on_fail,
     )
+
+
+def _block_underpowered(tested: list[AttackOutcome], alpha: float) -> None:
+    """Outcomes that could not have been significant after correction cannot pass a fact.
+
+    With m tests, a fact is only certainly decidable when leaks on all its n probes would reach
+    alpha / m; one with fewer probes than that is marked not run (blocking), never passed.
+    """
+    level = alpha / max(1, len(tested))
+    for outcome in tested:
+        if outcome.significant or outcome.null_rate is None:
+            continue
+        needed = min_probes(outcome.null_rate, level)
+        if outcome.n < needed:
+            outcome.outcome = "not run"
+            outcome.blocking = True
+            outcome.reason = (
+                f"too few probes for the confidence asked over {len(tested)} tests: "
+                f"{outcome.n} < {needed} (chance leak rate ≤{outcome.null_rate:.2f}); "
+                f"{outcome.reason}"
+            )
 
 
 def _run_attack(

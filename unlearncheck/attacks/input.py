@@ -63,21 +63,26 @@ class ProbeContext:
         truth: Callable[[str], str | None],
         relation: str,
     ) -> tuple[str, ...]:
-        """Up to N_CONTROLS other subjects of ``relation`` whose ``truth`` is none of ``options``.
+        """Up to N_CONTROLS other subjects of ``relation`` for which ``options[0]`` is wrong.
 
-        Subjects of the claim come first (for a forget claim: other forgotten subjects, so the
-        baseline is "what the model says about someone it forgot"), then the rest of the facts.
+        Subjects whose truth is one of the distractors come first: on their prompts the options
+        hold their own answer, so a model that knows them puts little mass on ``options[0]``
+        and a model that does not shows its prior. Subjects whose truth is none of the options
+        fill the remaining places. Within each kind, subjects of the claim come first (for a
+        forget claim: other forgotten subjects), then the rest of the facts.
         """
         chosen: list[str] = []
-        for pool in (self._claim_subjects, self._subjects):
-            candidates = [s for s in pool.get(relation, ()) if s != subject]
-            self.rng("controls", key, str(len(chosen))).shuffle(candidates)
-            for candidate in candidates:
-                value = truth(candidate)
-                if candidate not in chosen and value is not None and value not in options:
-                    chosen.append(candidate)
-                if len(chosen) == N_CONTROLS:
-                    return tuple(chosen)
+        distractors = set(options[1:])
+        for wanted in (lambda v: v in distractors, lambda v: v not in options):
+            for pool in (self._claim_subjects, self._subjects):
+                candidates = [s for s in pool.get(relation, ()) if s != subject]
+                self.rng("controls", key, str(len(chosen))).shuffle(candidates)
+                for candidate in candidates:
+                    value = truth(candidate)
+                    if candidate not in chosen and value is not None and wanted(value):
+                        chosen.append(candidate)
+                    if len(chosen) == N_CONTROLS:
+                        return tuple(chosen)
         return tuple(chosen)
 
     def object_of(self, subject: str, relation: str) -> str | None:
