@@ -131,18 +131,24 @@ class SampledProbe:
             self.leaks / self.n, tuple(hits[0] / self.control_n for hits in self.control_hits)
         )
 
-    def chance_deltas(self) -> list[float]:
+    def chance_deltas(self) -> list[tuple[str, float]]:
         """How far each control's rate for each option strays above the other controls' mean.
 
         A model that knows nothing about a subject may still favour one option for it; this
         spread, over every option and not only the answer, is the chance of a spurious leak.
+        Each (control, option) is a cluster of the judge's chance model.
         """
         rates = np.array(self.control_hits, dtype=float) / self.control_n
         k = len(rates)
         if k < 2:
             return []
         others = (rates.sum(axis=0, keepdims=True) - rates) / (k - 1)
-        return [float(d) for d in (rates - others).flatten()]
+        deltas = rates - others
+        return [
+            (f"{control}|{option}", float(deltas[i, j]))
+            for i, control in enumerate(self.probe.controls[:k])
+            for j, option in enumerate(self.probe.options)
+        ]
 
 
 def sample_probes(
