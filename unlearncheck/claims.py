@@ -526,7 +526,10 @@ def _run_sampling(
             tolerance=attack.tolerance,
         )
         if on_reference is None:
-            group.control_deltas = [d for s in sampled[sl] for d in s.chance_deltas()]
+            truths = {
+                c: ctx.object_of(c, fact.relation) for p in probes[fact.id] for c in p.controls
+            }
+            group.control_deltas = [d for s in sampled[sl] for d in s.chance_deltas(truths)]
         examples = {s.probe.prompt: s.example for s in sampled[sl]}
         group.results = [replace(r, output=examples[r.probe.prompt]) for r in group.results]
         groups[fact.id] = group
