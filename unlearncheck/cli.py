@@ -38,6 +38,16 @@ def _validity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from unlearncheck.report import render_report
+
+    if not args.runlog.exists():
+        print(f"unlearncheck report: {args.runlog}: no such run log", file=sys.stderr)
+        return 2
+    print(render_report(args.runlog, args.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unlearncheck`` command."""
     parser = argparse.ArgumentParser(
@@ -58,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
     validity.set_defaults(run=_validity)
+    report = commands.add_parser("report", help="render the HTML report of a run log")
+    report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
+    report.add_argument(
+        "-o", "--output", type=Path, default=Path("reports/unlearncheck.html"), help="HTML path"
+    )
+    report.set_defaults(run=_report)
     return parser
 
 
