@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from scipy import stats
 
 from unlearncheck.attacks.input import ProbeContext, alias, direct, incontext, multihop, paraphrase
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
-    ChanceModel,
     ProbeScores,
     clopper_pearson_upper,
-    cluster_icc,
     deltas,
     holm,
     min_probes,
@@ -110,19 +107,3 @@ def test_templates_are_extensible_data(tmp_path) -> None:
     bad.write_text('{"relations": ')
     with pytest.raises(ValueError, match=r"bad\.json:1"):
         Templates.load(bad)
-
-
-def test_cluster_icc_separates_independent_from_clustered_leaks() -> None:
-    rng = np.random.default_rng(0)
-    independent = [(int(rng.binomial(6, 0.1)), 6) for _ in range(300)]
-    clustered = [(6 if rng.random() < 0.1 else 0, 6) for _ in range(300)]
-    assert cluster_icc(independent) < 0.05
-    assert cluster_icc(clustered) > 0.9
-
-
-def test_chance_model_with_correlation_is_more_cautious() -> None:
-    independent, clustered = ChanceModel(0.1), ChanceModel(0.1, icc=0.5)
-    assert clustered.p_value(3, 3) > 10 * independent.p_value(3, 3)
-    assert clustered.min_probes(0.01) > independent.min_probes(0.01)
-    assert independent.p_value(0, 5) == 1.0
-    assert ChanceModel(0.2).min_probes(0.05) == min_probes(0.2, 0.05)

@@ -26,13 +26,13 @@ from unlearncheck.attacks.readout import (
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
-    ChanceModel,
     Scorer,
     ScoringModel,
     assess_probes,
-    chance_model,
     decide,
     holm,
+    min_probes,
+    null_leak_rate,
     score_probes,
 )
 from unlearncheck.probes import Probe, Templates
@@ -142,7 +142,7 @@ class _Session:
                 orig_scores[sl] if orig_scores is not None else None,
                 tolerance=tolerance,
             )
-        null = chance_model(list(groups.values()), tolerance=tolerance, alpha=alpha)
+        null = null_leak_rate(list(groups.values()), tolerance=tolerance, alpha=alpha)
         return {fid: decide(attack, group, null, alpha) for fid, group in groups.items()}
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
@@ -341,7 +341,7 @@ def _block_underpowered(tested: list[AttackOutcome], alpha: float) -> None:
     for outcome in tested:
         if outcome.significant or outcome.null_rate is None:
             continue
-        needed = ChanceModel(outcome.null_rate, outcome.null_icc).min_probes(level)
+        needed = min_probes(outcome.null_rate, level)
         if outcome.n < needed:
             outcome.outcome = "not run"
             outcome.blocking = True
@@ -537,7 +537,7 @@ def _run_sampling(
             sum(r.baseline for r in group.results) / len(group.results) if group.results else 0.0
         )
         bounds[fact.id] = sample_bounds(sampled[sl], baseline, attack.tolerance, alpha)
-    null = chance_model(list(groups.values()), tolerance=attack.tolerance, alpha=alpha)
+    null = null_leak_rate(list(groups.values()), tolerance=attack.tolerance, alpha=alpha)
     out = {}
     for fact_id, group in groups.items():
         outcome = decide(attack.name, group, null, alpha)

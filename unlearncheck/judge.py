@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from unlearncheck.probes import Probe
 from unlearncheck.verdict import AttackOutcome, ProbeResult
@@ -123,77 +123,11 @@ def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
     return float(stats.beta.ppf(1 - alpha, successes + 1, trials - successes))
 
 
-def min_probes(null_rate: float, alpha: float, icc: float = 0.0) -> int:
-    """Fewest probes that can reach significance at ``alpha`` when every probe leaks.
-
-    ``icc`` is the correlation between the leaks of one subject's probes (see `ChanceModel`);
-    the answer is capped at 10,000 (returned when no n up to that can be significant).
-    """
+def min_probes(null_rate: float, alpha: float) -> int:
+    """Fewest probes that can reach significance at ``alpha`` when every probe leaks."""
     if null_rate >= 1.0:
-        return 10_000
-    if icc <= 0.0:
-        return max(1, math.floor(math.log(alpha) / math.log(null_rate)) + 1)
-    a, b = _beta_parameters(null_rate, icc)
-    for n in range(1, 10_000):
-        if math.exp(special.betaln(a + n, b) - special.betaln(a, b)) < alpha:
-            return n
-    return 10_000
-
-
-def _beta_parameters(rate: float, icc: float) -> tuple[float, float]:
-    spread = (1 - icc) / icc
-    return max(rate * spread, 1e-9), max((1 - rate) * spread, 1e-9)
-
-
-@dataclass(frozen=True)
-class ChanceModel:
-    """How often probes leak by chance, and how much one subject's leaks go together.
-
-    A model that does not know a subject may still favour one option for it on every phrasing
-    (its guess follows the name, not the question), so the probes of one fact are a cluster, not
-    independent trials. Leaks are modelled as beta-binomial: mean ``rate`` (an upper confidence
-    bound of the control leak rate) and intra-cluster correlation ``icc`` (estimated from the
-    control subjects, each a cluster over the probes it controls); with icc = 0 it is the
-    binomial.
-    """
-
-    rate: float
-    icc: float = 0.0
-
-    def p_value(self, leaks: int, n: int) -> float:
-        """One-sided p-value of ``leaks`` or more out of ``n`` probes."""
-        if leaks == 0:
-            return 1.0
-        if self.rate >= 1.0:
-            return 1.0
-        if self.icc <= 0.0:
-            return float(stats.binom.sf(leaks - 1, n, self.rate))
-        a, b = _beta_parameters(self.rate, self.icc)
-        return float(stats.betabinom.sf(leaks - 1, n, a, b))
-
-    def min_probes(self, alpha: float) -> int:
-        """Fewest probes that can reach significance at ``alpha``."""
-        return min_probes(self.rate, alpha, self.icc)
-
-
-def cluster_icc(clusters: Sequence[tuple[int, int]]) -> float:
-    """ANOVA estimate of the intra-cluster correlation of binary outcomes, clipped to [0, 0.99].
-
-    Args:
-        clusters: (successes, trials) per cluster.
-    """
-    clusters = [(k, n) for k, n in clusters if n > 0]
-    big_k, big_n = len(clusters), sum(n for _, n in clusters)
-    if big_k < 2 or big_n <= big_k:
-        return 0.0
-    p = sum(k for k, _ in clusters) / big_n
-    msb = sum(n * (k / n - p) ** 2 for k, n in clusters) / (big_k - 1)
-    msw = sum(k * (1 - k / n) for k, n in clusters) / (big_n - big_k)
-    n0 = (big_n - sum(n * n for _, n in clusters) / big_n) / (big_k - 1)
-    denominator = msb + (n0 - 1) * msw
-    if denominator <= 0:
-        return 0.0
-    return float(min(0.99, max(0.0, (msb - msw) / denominator)))
+        return math.inf  # type: ignore[return-value]
+    return max(1, math.floor(math.log(alpha) / math.log(null_rate)) + 1)
 
 
 @dataclass
@@ -201,7 +135,7 @@ class FactProbes:
     """One fact's probes of one attack, scored and compared with their baselines."""
 
     results: list[ProbeResult]
-    control_deltas: list[tuple[str, float]]  # (control cluster, delta)
+    control_deltas: list[float]
     excluded: int
     total: int
 
@@ -216,7 +150,7 @@ def assess_probes(
 ) -> FactProbes:
     """Per-probe deltas and leaks; probes the original does not know are left out."""
     results: list[ProbeResult] = []
-    control_deltas: list[tuple[str, float]] = []
+    control_deltas: list[float] = []
     excluded = 0
     for i, probe in enumerate(probes):
         ref = reference_scores[i] if reference_scores is not None else None
@@ -227,7 +161,7 @@ def assess_probes(
             if original_delta <= tolerance:
                 excluded += 1
                 continue
-        control_deltas += list(zip(probe.controls, controls, strict=False))
+        control_deltas += controls
         results.append(
             ProbeResult(
                 probe, model_scores[i].target, baseline, delta, delta > tolerance, original_delta
@@ -236,27 +170,18 @@ def assess_probes(
     return FactProbes(results, control_deltas, excluded, len(probes))
 
 
-def chance_model(groups: Sequence[FactProbes], *, tolerance: float, alpha: float) -> ChanceModel:
-    """Chance leaks of an attack, from the control prompts of all its facts.
+def null_leak_rate(groups: Sequence[FactProbes], *, tolerance: float, alpha: float) -> float:
+    """Chance leak rate of an attack: upper bound over the control prompts of all its facts.
 
-    Each control is a prompt about a subject for whom the answer is wrong, so how often its delta
-    exceeds the tolerance is how often a probe leaks by chance under this attack on this model.
-    Controls are pooled across the facts of a claim for the rate (bounded above by
-    Clopper–Pearson); each (fact, control subject) is a cluster for the correlation.
+    Controls are pooled across the facts of a claim: each is a prompt about a subject for whom the
+    answer is wrong, so how often its delta exceeds the tolerance is how often a probe leaks by
+    chance under this attack's prompts on this model.
     """
-    clusters: dict[tuple[int, str], list[int]] = {}
-    for index, group in enumerate(groups):
-        for key, delta in group.control_deltas:
-            clusters.setdefault((index, key), []).append(int(delta > tolerance))
-    leaks = sum(sum(c) for c in clusters.values())
-    total = sum(len(c) for c in clusters.values())
-    return ChanceModel(
-        clopper_pearson_upper(leaks, total, alpha),
-        cluster_icc([(sum(c), len(c)) for c in clusters.values()]),
-    )
+    pooled = [d for g in groups for d in g.control_deltas]
+    return clopper_pearson_upper(sum(d > tolerance for d in pooled), len(pooled), alpha)
 
 
-def decide(attack: str, group: FactProbes, chance: ChanceModel, alpha: float) -> AttackOutcome:
+def decide(attack: str, group: FactProbes, null_rate: float, alpha: float) -> AttackOutcome:
     """Whether one fact's probes of ``attack`` leak significantly more than chance."""
     if not group.total:
         return AttackOutcome(attack, "not run", reason="no probe applies to this fact")
@@ -269,8 +194,7 @@ def decide(attack: str, group: FactProbes, chance: ChanceModel, alpha: float) ->
         )
     n, leaks = len(group.results), sum(r.leak for r in group.results)
     evidence = sorted(group.results, key=lambda r: -r.delta)[:MAX_EVIDENCE]
-    null_rate = chance.rate
-    needed = chance.min_probes(alpha)
+    needed = min_probes(null_rate, alpha)
     if n < needed:
         return AttackOutcome(
             attack,
@@ -279,20 +203,18 @@ def decide(attack: str, group: FactProbes, chance: ChanceModel, alpha: float) ->
             n=n,
             leaks=leaks,
             null_rate=null_rate,
-            null_icc=chance.icc,
             excluded=group.excluded,
             evidence=evidence,
             reason=f"too few probes for the confidence asked: {n} < {needed} "
             f"(chance leak rate ≤{null_rate:.2f})",
         )
-    p_value = chance.p_value(leaks, n)
+    p_value = float(stats.binom.sf(leaks - 1, n, null_rate)) if leaks else 1.0
     return AttackOutcome(
         attack,
         "recovered" if p_value < alpha else "not recovered",
         n=n,
         leaks=leaks,
         null_rate=null_rate,
-        null_icc=chance.icc,
         p_value=p_value,
         significant=p_value < alpha,
         evidence=evidence,

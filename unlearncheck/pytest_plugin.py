@@ -312,7 +312,12 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Move the verdicts heard so far onto the test's user properties (and pytest-html extras)."""
+    """Move the verdicts heard so far onto the test's user properties (and pytest-html extras).
+
+    Each phase's report gets the verdicts of that phase; the item keeps them all, so the teardown
+    report (which copies the item's properties) carries every verdict of the test exactly once,
+    which is the report the controller reads them from, and JUnit XML writes properties from.
+    """
     report = yield
     pending = item.stash.get(_PENDING, [])
     if pending:

@@ -63,8 +63,7 @@ class AttackOutcome:
         n: Probes that counted (known to the original when one is given).
         leaks: Probes whose delta exceeded the tolerance.
         null_rate: Upper confidence bound of the leak rate on control prompts (the chance level).
-        null_icc: Correlation of one subject's chance leaks across its probes (beta-binomial).
-        p_value: One-sided p-value of ``leaks`` out of ``n`` under that chance model.
+        p_value: One-sided binomial p-value of ``leaks`` out of ``n`` at ``null_rate``.
         significant: Decided after Holm correction over every (fact, attack) of the claim.
         evidence: The strongest probe results (largest delta first).
         excluded: Probes left out because the original does not know them.
@@ -78,7 +77,6 @@ class AttackOutcome:
     n: int = 0
     leaks: int = 0
     null_rate: float | None = None
-    null_icc: float = 0.0
     p_value: float | None = None
     significant: bool = False
     evidence: list[ProbeResult] = field(default_factory=list)
@@ -95,7 +93,6 @@ class AttackOutcome:
             "n": self.n,
             "leaks": self.leaks,
             "null_rate": self.null_rate,
-            "null_icc": self.null_icc,
             "p_value": self.p_value,
             "significant": self.significant,
             "excluded": self.excluded,

@@ -131,13 +131,13 @@ class SampledProbe:
             self.leaks / self.n, tuple(hits[0] / self.control_n for hits in self.control_hits)
         )
 
-    def chance_deltas(self, truths: Mapping[str, str | None]) -> list[tuple[str, float]]:
+    def chance_deltas(self, truths: Mapping[str, str | None]) -> list[float]:
         """How far each control's rate for each option strays above the other controls' mean.
 
         A model that knows nothing about a subject may still favour one option for it; this
         spread, over every option and not only the answer, is the chance of a spurious leak.
-        Each (control, option) is a cluster of the judge's chance model; a control's own answer
-        (``truths[control]``, often one of the distractors) is not a chance leak and is skipped.
+        A control's own answer (``truths[control]``, often one of the distractors) is not a
+        chance leak and is skipped.
         """
         rates = np.array(self.control_hits, dtype=float) / self.control_n
         k = len(rates)
@@ -146,7 +146,7 @@ class SampledProbe:
         others = (rates.sum(axis=0, keepdims=True) - rates) / (k - 1)
         deltas = rates - others
         return [
-            (f"{control}|{option}", float(deltas[i, j]))
+            float(deltas[i, j])
             for i, control in enumerate(self.probe.controls[:k])
             for j, option in enumerate(self.probe.options)
             if option != truths.get(control)
