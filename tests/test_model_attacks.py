@@ -91,12 +91,6 @@ def test_quant4_evidence_counts_changed_codes(zoo: Path, forget: FactSet) -> Non
     assert outcome.evidence[0].probe.lineage[0] == "model:quant4:nf4"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: relearning recovers held-out facts (model gains ~0.2-0.7 p̂) but the "
-    "control subjects' leaks are strongly clustered (icc ~0.5), so few facts reach significance "
-    "after correction (npo_gd: 4 of 24 facts FAIL, 3 INCONCLUSIVE)",
-)
 @pytest.mark.parametrize("variant", ["graddiff", "npo_gd"])
 def test_relearn_on_the_attacker_slice_brings_back_held_out_facts(
     zoo: Path, forget: FactSet, variant: str
@@ -136,8 +130,8 @@ def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap: head_only's sampled leaks are real (e.g. 192/192 samples) but with "
-    "3 probes a fact and clustered control leaks (icc ~0.6) no fact reaches significance",
+    reason="known gap: on head_only sampling flags 15 of 48 facts, but greedy decoding also "
+    "gets 14 of them right: only 1 leak that greedy misses (3 wanted)",
 )
 def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: FactSet) -> None:
     """On head_only, greedy answers are mostly wrong but the answer keeps real probability."""
