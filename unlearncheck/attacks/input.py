@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 
 from unlearncheck.facts import Fact, FactSet
@@ -382,4 +382,28 @@ alias = InputAttack("alias", _alias)
 multihop = InputAttack("multihop", _multihop)
 prefix = InputAttack("prefix", _prefix)
 incontext = InputAttack("incontext", _incontext)
+
+
+def attributed_probes(
+    inputs: Sequence[InputAttack],
+    fact: Fact,
+    context: ProbeContext,
+    attack: str,
+    step: str,
+    *,
+    first: bool = False,
+) -> list[Probe]:
+    """The probes of ``inputs`` for ``fact`` (one per prompt), attributed to ``attack``.
+
+    ``step`` is added to each probe's lineage: first for an attack that changes the model the
+    probes are asked of, last for one that changes how they are read.
+    """
+    out: dict[str, Probe] = {}
+    for source in inputs:
+        for probe in source(fact, context):
+            lineage = (step, *probe.lineage) if first else (*probe.lineage, step)
+            out.setdefault(probe.prompt, replace(probe, attack=attack, lineage=lineage))
+    return list(out.values())
+
+
 INPUT_ATTACKS = (direct, paraphrase, alias, multihop, prefix, incontext)

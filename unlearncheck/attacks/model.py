@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from unlearncheck import quantization
-from unlearncheck.attacks.input import InputAttack, ProbeContext, direct, paraphrase
+from unlearncheck.attacks.input import (
+    InputAttack,
+    ProbeContext,
+    attributed_probes,
+    direct,
+    paraphrase,
+)
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact
 from unlearncheck.probes import Probe, question_of, statement_of
@@ -63,14 +69,9 @@ class ModelAttack:
 
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes asked of the variant, their lineage starting with this attack."""
-        out: dict[str, Probe] = {}
-        for attack in self.inputs:
-            for probe in attack(fact, context):
-                out.setdefault(
-                    probe.prompt,
-                    replace(probe, attack=self.name, lineage=(f"model:{self.key}", *probe.lineage)),
-                )
-        return list(out.values())
+        return attributed_probes(
+            self.inputs, fact, context, self.name, f"model:{self.key}", first=True
+        )
 
     def __repr__(self) -> str:
         return f"<attack {self.name}>"

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearncheck.attacks.input import InputAttack, ProbeContext, direct, paraphrase
+from unlearncheck.attacks.input import (
+    InputAttack,
+    ProbeContext,
+    attributed_probes,
+    direct,
+    paraphrase,
+)
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact
 from unlearncheck.judge import ProbeScores, clopper_pearson_upper
@@ -94,20 +100,9 @@ class SamplingAttack:
 
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes to sample, attributed to this attack."""
-        out: dict[str, Probe] = {}
-        for attack in self.inputs:
-            for probe in attack(fact, context):
-                out.setdefault(
-                    probe.prompt,
-                    Probe(
-                        **{
-                            **probe.__dict__,
-                            "attack": self.name,
-                            "lineage": (*probe.lineage, f"sampling:T={self.temperature}"),
-                        }
-                    ),
-                )
-        return list(out.values())
+        return attributed_probes(
+            self.inputs, fact, context, self.name, f"sampling:T={self.temperature}"
+        )
 
     def __repr__(self) -> str:
         return f"<attack {self.name}>"
@@ -339,20 +334,7 @@ class HiddenProbeAttack:
 
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes read through the classifier, attributed to this attack."""
-        out: dict[str, Probe] = {}
-        for attack in self.inputs:
-            for probe in attack(fact, context):
-                out.setdefault(
-                    probe.prompt,
-                    Probe(
-                        **{
-                            **probe.__dict__,
-                            "attack": self.name,
-                            "lineage": (*probe.lineage, "hidden_probe"),
-                        }
-                    ),
-                )
-        return list(out.values())
+        return attributed_probes(self.inputs, fact, context, self.name, "hidden_probe")
 
     def training_set(self, context: ProbeContext) -> tuple[list[str], list[str], list[str]]:
         """(prompts, answers, subjects) of the fitting facts' probes."""
