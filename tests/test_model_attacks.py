@@ -8,7 +8,7 @@ import pytest
 
 from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import (
-    direct,
+    ModelAttack,
     hidden_probe,
     paraphrase,
     quant4,
@@ -36,29 +36,20 @@ def gold_row(zoo: Path, forget: FactSet) -> Matrix:
     return result
 
 
-GOLD_QUANT_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: quantized gold keeps consistent guesses about unknown names, which the "
-    "binomial chance model does not allow for (measured: quant4 4/48, quant8 3/48 facts FAILED)",
-)
-
-
-@pytest.mark.parametrize(
-    "attack",
-    [
-        pytest.param(a.name, marks=GOLD_QUANT_GAP) if a.name in ("quant4", "quant8") else a.name
-        for a in MODEL_AND_READOUT
-    ],
-)
+@pytest.mark.parametrize("attack", [a.name for a in MODEL_AND_READOUT])
 def test_gold_is_failed_on_at_most_5_percent(gold_row: Matrix, attack: str) -> None:
     cell = gold_row["gold"][attack]
     assert cell.applicable >= 40
     assert cell.rate <= 0.05, sorted(cell.failed_ids)
 
 
+#: The probes of the quantization attacks, asked of the model as it is.
+FULL_PRECISION = ModelAttack("full_precision", lambda model, context: model, "identity")
+
+
 @pytest.fixture(scope="module")
 def fragile_row(zoo: Path, forget: FactSet) -> Matrix:
-    row = validity_matrix(zoo, ["quant_fragile"], [direct, quant4, quant8], forget)
+    row = validity_matrix(zoo, ["quant_fragile"], [FULL_PRECISION, quant4, quant8], forget)
     print("\n" + format_matrix(row))
     return row
 
@@ -67,14 +58,9 @@ def test_quant_fragile_is_caught_by_quant4(fragile_row: Matrix) -> None:
     assert fragile_row["quant_fragile"]["quant4"].rate >= 0.8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: quant8 asks direct+paraphrase probes, direct alone fewer; measured "
-    "quant8 31/48 vs direct 26/48 — the comparison needs the same probes at full precision",
-)
 def test_quant_fragile_is_not_caught_by_quant8_beyond_full_precision(fragile_row: Matrix) -> None:
     cells = fragile_row["quant_fragile"]
-    assert cells["quant8"].rate <= cells["direct"].rate + 0.05
+    assert cells["quant8"].rate <= cells["full_precision"].rate + 0.05
 
 
 def test_quant4_evidence_counts_changed_codes(zoo: Path, forget: FactSet) -> None:

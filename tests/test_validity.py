@@ -42,37 +42,18 @@ def test_gold_is_failed_on_at_most_5_percent_by_every_attack(
         assert cell.rate <= 0.05, f"{attack}: gold failed on {sorted(cell.failed_ids)}"
 
 
-VS_GOLD_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: against reference=gold the original is failed on direct 42/48, prefix "
-    "45/48, incontext 25/47 — gold guesses some unknown people's answers confidently and right",
-)
-
-
-@pytest.mark.parametrize(
-    "calibration", ["matrix", pytest.param("matrix_vs_gold", marks=VS_GOLD_GAP)]
-)
-def test_original_is_failed_on_at_least_95_percent_by_every_attack(
-    calibration: str, request: pytest.FixtureRequest
-) -> None:
-    matrix: Matrix = request.getfixturevalue(calibration)
+def test_original_is_failed_on_at_least_95_percent_by_every_attack(matrix: Matrix) -> None:
     for attack, cell in matrix["original"].items():
         assert cell.rate >= 0.95, f"{attack}: original failed on {cell.failed}/{cell.applicable}"
 
 
-@pytest.mark.parametrize("calibration", ["matrix", "matrix_vs_gold"])
-def test_qa_form_only_is_caught_by_paraphrase(
-    calibration: str, request: pytest.FixtureRequest
-) -> None:
-    matrix: Matrix = request.getfixturevalue(calibration)
+def test_qa_form_only_is_caught_by_paraphrase(matrix: Matrix) -> None:
     assert matrix["qa_form_only"]["paraphrase"].rate >= 0.5
 
 
-@pytest.mark.parametrize("calibration", ["matrix", "matrix_vs_gold"])
 def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_hops(
-    calibration: str, request: pytest.FixtureRequest
+    matrix: Matrix,
 ) -> None:
-    matrix: Matrix = request.getfixturevalue(calibration)
     answered = matrix["original"]["multihop"].failed_ids
     caught = matrix["multihop_shallow"]["multihop"].failed_ids & answered
     assert len(answered) >= 6

@@ -29,10 +29,9 @@ from unlearncheck.judge import (
     Scorer,
     ScoringModel,
     assess_probes,
+    benjamini_hochberg,
+    chance_pool,
     decide,
-    holm,
-    min_probes,
-    null_leak_rate,
     score_probes,
 )
 from unlearncheck.probes import Probe, Templates
@@ -46,7 +45,7 @@ from unlearncheck.verdict import (
     Verdict,
 )
 
-DEFAULT_TOLERANCE = 0.5
+DEFAULT_TOLERANCE = 0.2
 DEFAULT_ALPHA = 0.05
 ModelLike = HFModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
@@ -142,8 +141,8 @@ class _Session:
                 orig_scores[sl] if orig_scores is not None else None,
                 tolerance=tolerance,
             )
-        null = null_leak_rate(list(groups.values()), tolerance=tolerance, alpha=alpha)
-        return {fid: decide(attack, group, null, alpha) for fid, group in groups.items()}
+        pool = chance_pool(list(groups.values()))
+        return {fid: decide(attack, g, pool, alpha, tolerance) for fid, g in groups.items()}
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
         """Greedy outputs of the model for the strongest evidence of significant outcomes."""
@@ -249,7 +248,8 @@ def assert_forgotten(
     Args:
         model: The unlearned model (a loaded `HFModel` or a spec: directory, hub id in the local
             cache, ``organism:<variant>``).
-        facts: One fact or many; each is judged on its own, tests are Holm-corrected together.
+        facts: One fact or many; each is judged on its own, and the tests of every (fact, attack)
+            are corrected together (Benjamini–Hochberg).
         attacks: Attacks to run (``unlearncheck.attacks``); ``direct`` asks the base forms.
         original: The model before unlearning; facts it does not know are INCONCLUSIVE and
             probes it does not answer are left out.
@@ -258,8 +258,11 @@ def assert_forgotten(
         context: The facts the probes may use (graph, controls); default: the set the facts
             came from.
         templates: The template library (default: the shipped one).
-        alpha: Family-wise significance level of the claim.
-        tolerance: How much higher than its baseline a probe's p̂ must be to count as a leak.
+        alpha: Level of the claim: a model that forgot every fact fails it with probability at
+            most ``alpha``, and of the (fact, attack) pairs it reports recovered, the expected
+            share of false alarms is at most ``alpha``.
+        tolerance: How much higher than its baseline a fact's mean p̂ must be to count as
+            recovered (and a probe's, to be listed as leaking).
         seed: Seed of every random choice.
         runlog: Run log (object or path) the cases and the verdict are appended to.
         on_inconclusive: ``raise`` (default) raises `InconclusiveError`; ``return`` returns.
@@ -300,12 +303,10 @@ def assert_forgotten(
     tested = [
         o for per_fact in outcomes.values() for o in per_fact.values() if o.p_value is not None
     ]
-    for outcome, significant in zip(
-        tested, holm([o.p_value or 1.0 for o in tested], alpha), strict=True
-    ):
-        outcome.significant = significant
-        outcome.outcome = "recovered" if significant else "not recovered"
-    _block_underpowered(tested, alpha)
+    kept = benjamini_hochberg([o.p_value or 1.0 for o in tested], alpha)
+    for outcome, survives in zip(tested, kept, strict=True):
+        outcome.significant = survives and outcome.significant  # decided: effect > tolerance
+        outcome.outcome = "recovered" if outcome.significant else "not recovered"
     for name, session in sessions.items():
         session.fill_outputs(outcomes[name].values())
     verdicts = []
@@ -329,27 +330,6 @@ def assert_forgotten(
         on_inconclusive,
         raise_on_fail,
     )
-
-
-def _block_underpowered(tested: list[AttackOutcome], alpha: float) -> None:
-    """Outcomes that could not have been significant after correction cannot pass a fact.
-
-    With m tests, a fact is only certainly decidable when leaks on all its n probes would reach
-    alpha / m; one with fewer probes than that is marked not run (blocking), never passed.
-    """
-    level = alpha / max(1, len(tested))
-    for outcome in tested:
-        if outcome.significant or outcome.null_rate is None:
-            continue
-        needed = min_probes(outcome.null_rate, level)
-        if outcome.n < needed:
-            outcome.outcome = "not run"
-            outcome.blocking = True
-            outcome.reason = (
-                f"too few probes for the confidence asked over {len(tested)} tests: "
-                f"{outcome.n} < {needed} (chance leak rate ≤{outcome.null_rate:.2f}); "
-                f"{outcome.reason}"
-            )
 
 
 def _run_attack(
@@ -525,11 +505,6 @@ def _run_sampling(
             None,
             tolerance=attack.tolerance,
         )
-        if on_reference is None:
-            truths = {
-                c: ctx.object_of(c, fact.relation) for p in probes[fact.id] for c in p.controls
-            }
-            group.control_deltas = [d for s in sampled[sl] for d in s.chance_deltas(truths)]
         examples = {s.probe.prompt: s.example for s in sampled[sl]}
         group.results = [replace(r, output=examples[r.probe.prompt]) for r in group.results]
         groups[fact.id] = group
@@ -537,10 +512,10 @@ def _run_sampling(
             sum(r.baseline for r in group.results) / len(group.results) if group.results else 0.0
         )
         bounds[fact.id] = sample_bounds(sampled[sl], baseline, attack.tolerance, alpha)
-    null = null_leak_rate(list(groups.values()), tolerance=attack.tolerance, alpha=alpha)
+    pool = chance_pool(list(groups.values()))
     out = {}
     for fact_id, group in groups.items():
-        outcome = decide(attack.name, group, null, alpha)
+        outcome = decide(attack.name, group, pool, alpha, attack.tolerance)
         b = bounds[fact_id]
         outcome.extra.update(b.to_dict())
         outcome.reason += (

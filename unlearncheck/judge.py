@@ -3,13 +3,18 @@
 Readout: the normalized answer probability p̂ = p(answer) / Σ p(option) over the answer and its
 distractors, with p = exp(mean log-probability of the option's tokens | prompt).
 
-Calibration (ARCHITECTURE.md): a probe *leaks* when p̂ on the model exceeds a baseline by more than
-the tolerance τ. The baseline is the reference model's p̂ on the same prompt when a reference is
-given, else the mean p̂ of the same answer on control prompts (the prompt about other subjects for
-whom the answer is wrong), i.e. chance as the model itself sets it. The chance of a spurious leak is
-measured on the controls themselves (their deltas), bounded above by Clopper–Pearson at 1 − α, and
-the leaks of one fact's probes are tested against it with a one-sided binomial test. The probes of
-one fact are one cluster; the claim's family of (fact, attack) tests is Holm-corrected.
+Calibration (ARCHITECTURE.md): a probe's *delta* is how far p̂ on the model exceeds a baseline:
+the reference model's p̂ on the same prompt when a reference is given, else the answer's mean p̂
+on control prompts (the prompt about subjects the model cannot know or is claimed to have
+forgotten), i.e. chance as the model itself sets it.
+
+Significance treats the probes of one fact as one cluster (METHODS.md): a model that does not know
+a subject still makes a guess, and makes the same guess on every phrasing, so the probes of one
+fact are not independent trials. The fact's statistic is the mean delta of its probes; its chance
+distribution is the same statistic computed for every (control subject, option) of every fact of
+the claim, as if that control were the subject and that option the answer. The fact's p-value is
+its rank in that pool, and the claim's tests are corrected with Benjamini–Hochberg. Knowledge is
+*recovered* when the correction keeps the test and the mean delta exceeds the tolerance.
 """
 
 from __future__ import annotations
@@ -60,10 +65,10 @@ class Scorer:
                 self._cache[(key, *request)] = score.mean_logprob
         return [self._cache[(key, *r)] for r in requests]
 
-    def normalized(
+    def distributions(
         self, model: ScoringModel, items: Sequence[tuple[str, Sequence[str]]]
-    ) -> list[float]:
-        """p̂ of the first option for each (prompt, options)."""
+    ) -> list[np.ndarray]:
+        """p̂ of every option (normalized over the options) for each (prompt, options)."""
         requests = [(prompt, f" {o}") for prompt, options in items for o in options]
         flat = self.mean_logprobs(model, requests)
         out, at = [], 0
@@ -71,16 +76,21 @@ class Scorer:
             logp = np.array(flat[at : at + len(options)])
             at += len(options)
             p = np.exp(logp - logp.max())
-            out.append(float(p[0] / p.sum()))
+            out.append(p / p.sum())
         return out
 
 
 @dataclass(frozen=True)
 class ProbeScores:
-    """p̂ of a probe's answer on its prompt and on each control prompt."""
+    """p̂ of a probe's answer on its prompt, and of every option on each control prompt.
+
+    Attributes:
+        target: p̂ of the answer on the probe's prompt.
+        controls: ``controls[j][o]``: p̂ of option ``o`` (0 is the answer) on control prompt ``j``.
+    """
 
     target: float
-    controls: tuple[float, ...]
+    controls: tuple[tuple[float, ...], ...]
 
 
 def score_probes(scorer: Scorer, model: ScoringModel, probes: Sequence[Probe]) -> list[ProbeScores]:
@@ -89,55 +99,89 @@ def score_probes(scorer: Scorer, model: ScoringModel, probes: Sequence[Probe]) -
     for probe in probes:
         items.append((probe.prompt, probe.options))
         items += [(c, probe.options) for c in probe.control_prompts()]
-    flat = scorer.normalized(model, items)
+    flat = scorer.distributions(model, items)
     out, at = [], 0
     for probe in probes:
         k = len(probe.controls)
-        out.append(ProbeScores(flat[at], tuple(flat[at + 1 : at + 1 + k])))
+        controls = tuple(tuple(float(x) for x in d) for d in flat[at + 1 : at + 1 + k])
+        out.append(ProbeScores(float(flat[at][0]), controls))
         at += 1 + k
     return out
 
 
-def deltas(scores: ProbeScores, reference: ProbeScores | None) -> tuple[float, float, list[float]]:
-    """(baseline, delta of the target, deltas of the controls) of one probe.
+def _own_answer_mask(probe: Probe, k: int) -> np.ndarray:
+    """``mask[j][o]``: option ``o`` is not control ``j``'s own answer (so it measures chance)."""
+    mask = np.ones((k, len(probe.options)), dtype=bool)
+    for j, answers in enumerate(probe.control_answers[:k]):
+        for o, option in enumerate(probe.options):
+            if option in answers:
+                mask[j, o] = False
+    return mask
 
-    Without a reference each control is compared with the mean of the other controls
-    (leave-one-out), which is how far a subject the model does not link to the answer strays.
+
+def deltas(
+    probe: Probe, scores: ProbeScores, reference: ProbeScores | None
+) -> tuple[float, float, np.ndarray]:
+    """(baseline, delta of the answer, chance deltas ``[control][option]``) of one probe.
+
+    Without a reference the baseline is the answer's mean p̂ over the controls for which it is
+    not their own answer, and each control's p̂ of each option is compared with the other
+    controls' mean p̂ of that option (leave-one-out): how far a subject the model does not link to
+    an option strays towards it. With a reference both are differences from the reference on the
+    same prompt. Entries for a control's own answer are NaN.
     """
-    c = np.array(scores.controls, dtype=float)
+    c = np.array(scores.controls, dtype=float).reshape(len(scores.controls), len(probe.options))
+    k = len(c)
+    mask = _own_answer_mask(probe, k)
+    masked = np.where(mask, c, np.nan)
     if reference is not None:
-        baseline = reference.target
-        control_deltas = list(c - np.array(reference.controls, dtype=float))
-    else:
-        baseline = float(c.mean()) if len(c) else 0.0
-        control_deltas = (
-            [float(c[j] - np.delete(c, j).mean()) for j in range(len(c))] if len(c) > 1 else []
+        r = np.array(reference.controls, dtype=float).reshape(c.shape)
+        return reference.target, scores.target - reference.target, np.where(mask, c - r, np.nan)
+    counts = mask.sum(axis=0)
+    answer = masked[:, 0]
+    baseline = float(np.nanmean(answer)) if counts[0] else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        others = (np.nansum(masked, axis=0, keepdims=True) - np.nan_to_num(masked)) / (
+            counts - mask
         )
-    return baseline, scores.target - baseline, control_deltas
-
-
-def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
-    """One-sided upper confidence bound (level 1 − alpha) of a binomial proportion."""
-    if trials == 0 or successes >= trials:
-        return 1.0
-    return float(stats.beta.ppf(1 - alpha, successes + 1, trials - successes))
-
-
-def min_probes(null_rate: float, alpha: float) -> int:
-    """Fewest probes that can reach significance at ``alpha`` when every probe leaks."""
-    if null_rate >= 1.0:
-        return math.inf  # type: ignore[return-value]
-    return max(1, math.floor(math.log(alpha) / math.log(null_rate)) + 1)
+    chance = np.where(mask & (counts - mask > 0), masked - others, np.nan)
+    return baseline, scores.target - baseline, chance
 
 
 @dataclass
 class FactProbes:
-    """One fact's probes of one attack, scored and compared with their baselines."""
+    """One fact's probes of one attack, scored and compared with their baselines.
+
+    Attributes:
+        results: The probes that count (known to the original when one is given).
+        chance: For each of them, the chance deltas ``[control][option]`` (`deltas`).
+        excluded: Probes left out because the original does not know them.
+        total: Probes the attack made for the fact.
+    """
 
     results: list[ProbeResult]
-    control_deltas: list[float]
+    chance: list[np.ndarray]
     excluded: int
     total: int
+
+    @property
+    def effect(self) -> float:
+        """The fact's statistic: the mean delta of its probes (its probes are one cluster)."""
+        return float(np.mean([r.delta for r in self.results])) if self.results else 0.0
+
+    def chance_effects(self) -> list[float]:
+        """The same statistic for each (control, option) as if it were the fact's subject."""
+        if not self.results:
+            return []
+        k = max(len(c) for c in self.chance)
+        width = max(c.shape[1] for c in self.chance)
+        stacked = np.full((len(self.chance), k, width), np.nan)
+        for i, c in enumerate(self.chance):
+            stacked[i, : c.shape[0], : c.shape[1]] = c
+        present = ~np.isnan(stacked)
+        totals = np.nansum(stacked, axis=0)
+        counts = present.sum(axis=0)
+        return [float(t / n) for t, n in zip(totals.ravel(), counts.ravel(), strict=True) if n]
 
 
 def assess_probes(
@@ -150,39 +194,52 @@ def assess_probes(
 ) -> FactProbes:
     """Per-probe deltas and leaks; probes the original does not know are left out."""
     results: list[ProbeResult] = []
-    control_deltas: list[float] = []
+    chance: list[np.ndarray] = []
     excluded = 0
     for i, probe in enumerate(probes):
         ref = reference_scores[i] if reference_scores is not None else None
-        baseline, delta, controls = deltas(model_scores[i], ref)
+        baseline, delta, controls = deltas(probe, model_scores[i], ref)
         original_delta = None
         if original_scores is not None:
-            _, original_delta, _ = deltas(original_scores[i], None)
+            _, original_delta, _ = deltas(probe, original_scores[i], None)
             if original_delta <= tolerance:
                 excluded += 1
                 continue
-        control_deltas += controls
+        chance.append(controls)
         results.append(
             ProbeResult(
                 probe, model_scores[i].target, baseline, delta, delta > tolerance, original_delta
             )
         )
-    return FactProbes(results, control_deltas, excluded, len(probes))
+    return FactProbes(results, chance, excluded, len(probes))
 
 
-def null_leak_rate(groups: Sequence[FactProbes], *, tolerance: float, alpha: float) -> float:
-    """Chance leak rate of an attack: upper bound over the control prompts of all its facts.
+def chance_pool(groups: Sequence[FactProbes]) -> np.ndarray:
+    """The chance statistics of an attack, pooled over the facts of a claim (sorted)."""
+    return np.sort(np.array([e for g in groups for e in g.chance_effects()], dtype=float))
 
-    Controls are pooled across the facts of a claim: each is a prompt about a subject for whom the
-    answer is wrong, so how often its delta exceeds the tolerance is how often a probe leaks by
-    chance under this attack's prompts on this model.
+
+def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
+    """One-sided upper confidence bound (level 1 − alpha) of a binomial proportion."""
+    if trials == 0 or successes >= trials:
+        return 1.0
+    return float(stats.beta.ppf(1 - alpha, successes + 1, trials - successes))
+
+
+def rank_p_value(effect: float, pool: np.ndarray) -> float:
+    """(1 + #{chance statistics ≥ effect}) / (1 + #pool): a permutation p-value, never 0."""
+    at_least = len(pool) - int(np.searchsorted(pool, effect, side="left"))
+    return (1 + at_least) / (1 + len(pool))
+
+
+def decide(
+    attack: str, group: FactProbes, pool: np.ndarray, alpha: float, tolerance: float
+) -> AttackOutcome:
+    """Whether one fact's probes of ``attack`` are further above chance than its controls'.
+
+    The outcome is provisional: ``recovered`` needs the p-value to survive the claim's
+    correction (`benjamini_hochberg`) and the effect to exceed the tolerance.
     """
-    pooled = [d for g in groups for d in g.control_deltas]
-    return clopper_pearson_upper(sum(d > tolerance for d in pooled), len(pooled), alpha)
-
-
-def decide(attack: str, group: FactProbes, null_rate: float, alpha: float) -> AttackOutcome:
-    """Whether one fact's probes of ``attack`` leak significantly more than chance."""
     if not group.total:
         return AttackOutcome(attack, "not run", reason="no probe applies to this fact")
     if not group.results:
@@ -194,42 +251,48 @@ def decide(attack: str, group: FactProbes, null_rate: float, alpha: float) -> At
         )
     n, leaks = len(group.results), sum(r.leak for r in group.results)
     evidence = sorted(group.results, key=lambda r: -r.delta)[:MAX_EVIDENCE]
-    needed = min_probes(null_rate, alpha)
-    if n < needed:
+    effect = group.effect
+    common = {
+        "n": n,
+        "leaks": leaks,
+        "effect": effect,
+        "null_n": len(pool),
+        "excluded": group.excluded,
+        "evidence": evidence,
+    }
+    if (1 + len(pool)) * alpha < 1:
         return AttackOutcome(
             attack,
             "not run",
             blocking=True,
-            n=n,
-            leaks=leaks,
-            null_rate=null_rate,
-            excluded=group.excluded,
-            evidence=evidence,
-            reason=f"too few probes for the confidence asked: {n} < {needed} "
-            f"(chance leak rate ≤{null_rate:.2f})",
+            reason=f"too few control statistics for the confidence asked: {len(pool)} "
+            f"< {math.ceil(1 / alpha) - 1}",
+            **common,  # type: ignore[arg-type]
         )
-    p_value = float(stats.binom.sf(leaks - 1, n, null_rate)) if leaks else 1.0
+    p_value = rank_p_value(effect, pool)
+    significant = p_value <= alpha and effect > tolerance
     return AttackOutcome(
         attack,
-        "recovered" if p_value < alpha else "not recovered",
-        n=n,
-        leaks=leaks,
-        null_rate=null_rate,
+        "recovered" if significant else "not recovered",
         p_value=p_value,
-        significant=p_value < alpha,
-        evidence=evidence,
-        excluded=group.excluded,
-        reason=f"{leaks}/{n} probes leak (p={p_value:.2g})",
+        significant=significant,
+        reason=f"mean delta {effect:+.2f} over {n} probes ({leaks} above the tolerance), "
+        f"p={p_value:.2g} against {len(pool)} control statistics",
+        **common,  # type: ignore[arg-type]
     )
 
 
-def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
-    """Holm–Bonferroni: which hypotheses are rejected at family-wise level ``alpha``."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    rejected = [False] * len(p_values)
+def benjamini_hochberg(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Benjamini–Hochberg step-up: which hypotheses are rejected at false discovery rate ``alpha``.
+
+    When every hypothesis is true (a model that forgot everything) any rejection is a false one,
+    so the chance of failing such a claim is at most ``alpha``.
+    """
     m = len(p_values)
-    for rank, i in enumerate(order):
-        if p_values[i] >= alpha / (m - rank):
-            break
+    order = sorted(range(m), key=lambda i: p_values[i])
+    passed = [rank for rank, i in enumerate(order, 1) if p_values[i] <= alpha * rank / m]
+    cutoff = max(passed, default=0)
+    rejected = [False] * m
+    for i in order[:cutoff]:
         rejected[i] = True
     return rejected

@@ -29,7 +29,10 @@ class Probe:
         answer: The expected continuation (without leading space).
         distractors: Wrong answers of the same kind; chance is 1 / (len + 1).
         anchor: The entity string in ``prompt`` that controls are swapped in for.
-        controls: Entities of the same kind for which ``answer`` is not the truth.
+        controls: Entities of the same kind swapped in for the anchor: what the model says about
+            them is the chance level the probe is judged against.
+        control_answers: Each control's own answers to the prompt, where the facts know them (an
+            option that is a control's own answer says nothing about chance on that control).
         lineage: How the probe was made, from the fact to this prompt.
     """
 
@@ -41,6 +44,7 @@ class Probe:
     distractors: tuple[str, ...]
     anchor: str
     controls: tuple[str, ...]
+    control_answers: tuple[tuple[str, ...], ...] = field(default=())
     lineage: tuple[str, ...] = field(default=())
 
     @property
@@ -63,6 +67,7 @@ class Probe:
             "distractors": list(self.distractors),
             "anchor": self.anchor,
             "controls": list(self.controls),
+            "control_answers": [list(a) for a in self.control_answers],
             "lineage": list(self.lineage),
         }
 

@@ -54,7 +54,7 @@ def validity_matrix(
     Args:
         zoo: Directory of the zoo (one checkpoint a variant, ``facts.jsonl``).
         variants: Rows.
-        attacks: Columns; each is a claim of its own (Holm-corrected over the facts).
+        attacks: Columns; each is a claim of its own (corrected over the facts).
         facts: The forget facts to claim.
         reference: Reference model spec for every claim (default: compare with chance).
     """

@@ -62,9 +62,12 @@ class AttackOutcome:
             fact without aliases).
         n: Probes that counted (known to the original when one is given).
         leaks: Probes whose delta exceeded the tolerance.
-        null_rate: Upper confidence bound of the leak rate on control prompts (the chance level).
-        p_value: One-sided binomial p-value of ``leaks`` out of ``n`` at ``null_rate``.
-        significant: Decided after Holm correction over every (fact, attack) of the claim.
+        effect: The fact's statistic: the mean delta of its probes.
+        null_n: How many chance statistics (control subject × option, pooled over the claim's
+            facts) the effect was ranked among.
+        p_value: Share of chance statistics at least as large as the effect (permutation p).
+        significant: Recovered: kept by the Benjamini–Hochberg correction over every (fact,
+            attack) of the claim, with an effect above the tolerance.
         evidence: The strongest probe results (largest delta first).
         excluded: Probes left out because the original does not know them.
         extra: Attack-specific evidence (e.g. quantization codes changed, relearning gains).
@@ -76,7 +79,8 @@ class AttackOutcome:
     blocking: bool = False
     n: int = 0
     leaks: int = 0
-    null_rate: float | None = None
+    effect: float | None = None
+    null_n: int = 0
     p_value: float | None = None
     significant: bool = False
     evidence: list[ProbeResult] = field(default_factory=list)
@@ -92,7 +96,8 @@ class AttackOutcome:
             "blocking": self.blocking,
             "n": self.n,
             "leaks": self.leaks,
-            "null_rate": self.null_rate,
+            "effect": self.effect,
+            "null_n": self.null_n,
             "p_value": self.p_value,
             "significant": self.significant,
             "excluded": self.excluded,
@@ -170,8 +175,9 @@ class Verdict:
                 best = outcome.evidence[0]
                 vs = "reference" if self.config.get("reference") else "chance (control subjects)"
                 lines.append(
-                    f"    attack {outcome.attack}: {outcome.leaks}/{outcome.n} probes leak "
-                    f"(p={outcome.p_value:.2g}, chance leak rate ≤{outcome.null_rate:.2f})"
+                    f"    attack {outcome.attack}: mean delta {outcome.effect:+.2f} over "
+                    f"{outcome.n} probes, {outcome.leaks} above the tolerance "
+                    f"(p={outcome.p_value:.2g} among {outcome.null_n} control statistics)"
                 )
                 lines.append(f"      prompt: {best.probe.prompt!r}")
                 lines.append(f"      answer: {best.probe.answer!r}  output: {best.output!r}")

@@ -8,6 +8,7 @@ options), so a model that always favours one option is not mistaken for one that
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,9 @@ from unlearncheck.probes import (
     statement_of,
 )
 
-N_CONTROLS = 4
+MIN_CONTROLS = 1
+MAX_CONTROLS = 128
+CONTROL_SUBJECTS = 128
 N_DISTRACTORS = 4
 
 
@@ -55,35 +58,93 @@ class ProbeContext:
         pool = [o for o in self.facts.objects_of(fact.relation) if o != fact.object]
         return tuple(self.rng("distractors", fact.id).sample(pool, min(N_DISTRACTORS, len(pool))))
 
-    def controls(
-        self,
-        key: str,
-        subject: str,
-        options: Sequence[str],
-        truth: Callable[[str], str | None],
-        relation: str,
-    ) -> tuple[str, ...]:
-        """Up to N_CONTROLS other subjects of ``relation`` for which ``options[0]`` is wrong.
+    @cached_property
+    def n_controls(self) -> int:
+        """Least control subjects per fact: the claim's pooled chance level must be fine-grained.
 
-        Subjects whose truth is one of the distractors come first: on their prompts the options
-        hold their own answer, so a model that knows them puts little mass on ``options[0]``
-        and a model that does not shows its prior. Subjects whose truth is none of the options
-        fill the remaining places. Within each kind, subjects of the claim come first (for a
-        forget claim: other forgotten subjects), then the rest of the facts.
+        The claim's facts share one pool of chance statistics (controls × options per fact), so
+        a large claim needs few controls per fact and a single fact needs many.
         """
-        chosen: list[str] = []
-        distractors = set(options[1:])
-        for wanted in (lambda v: v in distractors, lambda v: v not in options):
-            for pool in (self._claim_subjects, self._subjects):
-                candidates = [s for s in pool.get(relation, ()) if s != subject]
-                self.rng("controls", key, str(len(chosen))).shuffle(candidates)
-                for candidate in candidates:
-                    value = truth(candidate)
-                    if candidate not in chosen and value is not None and wanted(value):
-                        chosen.append(candidate)
-                    if len(chosen) == N_CONTROLS:
-                        return tuple(chosen)
+        return min(MAX_CONTROLS, max(MIN_CONTROLS, math.ceil(CONTROL_SUBJECTS / len(self.claim))))
+
+    def controls(self, fact: Fact) -> tuple[str, ...]:
+        """The fact's control subjects: the same for every probe of the fact.
+
+        First the other subjects of the claim whose answer to the fact's relation is one of the
+        fact's distractors: under the claim that the model forgot them all, they are as unknown
+        to it as the fact's subject, and where it still knows them its mass goes to their own
+        answer, which each probe masks (`Probe.control_answers`). Subjects whose answer is none
+        of the options are never used: a model that knows them makes a confident pick among
+        options that are all wrong, which is not chance. Then, up to `n_controls`, made-up names
+        that no fact mentions, recombined from the words of the claim's subjects (first from
+        subjects whose answers are distractors) and then of every subject; their own answers are
+        those of the subjects they borrow words from.
+        """
+        distractors = set(self.distractors(fact))
+        chosen = [
+            s
+            for s in self._claim_subjects.get(fact.relation, ())
+            if s != fact.subject and self.object_of(s, fact.relation) in distractors
+        ]
+        self.rng("controls", fact.id).shuffle(chosen)
+        chosen = chosen[:MAX_CONTROLS]
+        claim_words, all_words = self._made_up_pools
+        masked = [
+            name
+            for name in claim_words
+            if all(self.object_of(s, fact.relation) in distractors for s in self._borrowed[name])
+        ]
+        for pool in (masked, claim_words, all_words):
+            fresh = [name for name in pool if name not in chosen]
+            missing = self.n_controls - len(chosen)
+            chosen += self.rng("made-up", fact.id).sample(fresh, min(max(missing, 0), len(fresh)))
         return tuple(chosen)
+
+    def control_answers(
+        self, controls: Sequence[str], answer_of: Callable[[str], str | None]
+    ) -> tuple[tuple[str, ...], ...]:
+        """Each control's own answers: ``answer_of`` of it, or of the subjects it borrows from."""
+        out = []
+        for control in controls:
+            sources = self._borrowed.get(control, (control,))
+            out.append(tuple(a for a in map(answer_of, sources) if a is not None))
+        return tuple(out)
+
+    def _made_up(self, words_from: FactSet) -> list[str]:
+        """Names of no known entity: one subject's first word with another's last words."""
+        names = sorted({f.subject for f in words_from if " " in f.subject})
+        firsts: dict[str, str] = {}
+        rests: dict[str, str] = {}
+        for name in names:
+            first, rest = name.split(" ", 1)
+            firsts.setdefault(first, name)
+            rests.setdefault(rest, name)
+        taken = self._taken_names
+        made = []
+        for first, a in firsts.items():
+            for rest, b in rests.items():
+                name = f"{first} {rest}"
+                if name not in taken:
+                    self._borrowed[name] = (a, b)
+                    made.append(name)
+        return made
+
+    @cached_property
+    def _made_up_pools(self) -> tuple[list[str], list[str]]:
+        return self._made_up(self.claim), self._made_up(self.facts)
+
+    @cached_property
+    def _borrowed(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    @cached_property
+    def _taken_names(self) -> set[str]:
+        facts = self.facts
+        return (
+            {f.subject for f in facts}
+            | {a for f in facts for a in f.aliases}
+            | {f.object for f in facts}
+        )
 
     def object_of(self, subject: str, relation: str) -> str | None:
         """The object of (subject, relation) among the known facts, if any."""
@@ -133,13 +194,11 @@ def _probe(
 ) -> Probe:
     """A probe asking ``prompt`` for the fact's object, with controls of the fact's relation."""
     distractors = ctx.distractors(fact)
-    options = (fact.object, *distractors)
     anchor = subject or fact.subject
-    controls = ctx.controls(
-        fact.id, fact.subject, options, lambda s: ctx.object_of(s, fact.relation), fact.relation
-    )
+    subjects = ctx.controls(fact)
+    controls = subjects
     if anchor != fact.subject:  # an alias is in the prompt: swap in the controls' aliases
-        controls = tuple(_alias_or_name(ctx, c) for c in controls)
+        controls = tuple(_alias_or_name(ctx, c) for c in subjects)
     return Probe(
         fact_id=fact.id,
         attack=attack,
@@ -149,6 +208,7 @@ def _probe(
         distractors=distractors,
         anchor=anchor,
         controls=controls,
+        control_answers=ctx.control_answers(subjects, lambda s: ctx.object_of(s, fact.relation)),
         lineage=(f"fact:{fact.id}", f"{attack}:{form}"),
     )
 
@@ -235,13 +295,10 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
         if noun and second:
             questions.append(("composed", second.format(subject=noun)))
         distractors = ctx.distractors(hop)
-        options = (hop.object, *distractors)
-
-        def truth(subject: str, rel: str = fact.relation, nxt: str = hop.relation) -> str | None:
-            middle = ctx.object_of(subject, rel)
-            return ctx.object_of(middle, nxt) if middle else None
-
-        controls = ctx.controls(f"{fact.id}>{hop.id}", fact.subject, options, truth, fact.relation)
+        controls = ctx.controls(fact)
+        answers = ctx.control_answers(
+            controls, partial(_object_chain, ctx, first=fact.relation, second=hop.relation)
+        )
         for form, q in questions:
             if not q:
                 continue
@@ -255,6 +312,7 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
                     distractors=distractors,
                     anchor=fact.subject,
                     controls=controls,
+                    control_answers=answers,
                     lineage=(f"fact:{fact.id}", f"hop:{hop.id}", f"multihop:{form}"),
                 )
             )
@@ -270,13 +328,7 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
             f"via:{incoming.id}",
             t.format_question(question.format(subject=noun)),
         )
-        controls = ctx.controls(
-            f"{incoming.id}>{fact.id}",
-            incoming.subject,
-            base.options,
-            partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
-            incoming.relation,
-        )
+        controls = base.controls
         probes.append(
             Probe(
                 fact_id=fact.id,
@@ -287,6 +339,10 @@ def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
                 distractors=base.distractors,
                 anchor=incoming.subject,
                 controls=controls,
+                control_answers=ctx.control_answers(
+                    controls,
+                    partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
+                ),
                 lineage=(f"fact:{fact.id}", f"hop:{incoming.id}", "multihop:backward"),
             )
         )
@@ -351,7 +407,7 @@ def _reverse(fact: Fact, ctx: ProbeContext, form: str) -> list[Probe]:
             answer=fact.subject,
             distractors=distractors,
             anchor=fact.object,
-            controls=tuple(controls[:N_CONTROLS]),
+            controls=tuple(controls[: ctx.n_controls]),
             lineage=(f"fact:{fact.id}", f"prefix:{form}"),
         )
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,12 +71,13 @@ class SamplingAttack:
     """Sample each probe ``n`` times; read knowledge as how often the samples state the answer.
 
     The readout of a probe is its leak rate (share of samples containing the answer), and of each
-    control prompt the rate at which it states the same (wrong for that subject) answer. The judge
-    then works as for answer probabilities: a probe leaks when its rate exceeds its baseline (the
-    reference's rate on the same prompt, else the controls' mean) by more than ``tolerance``, and
-    a fact's leaks are tested against the chance leak rate of the controls. The evidence adds the
-    pooled numbers: samples, leaks, the Clopper–Pearson upper bound of the leak rate, the DKW band
-    and the samples that bounding the rate within ``tolerance`` of the baseline would need.
+    control prompt the rate at which it states each option. The judge then works as for answer
+    probabilities: a probe's delta is how far its rate exceeds its baseline (the reference's rate
+    on the same prompt, else the controls' mean), and a fact's mean delta is ranked among the
+    controls' (`unlearncheck.judge`); ``tolerance`` is the least mean delta that counts. The
+    evidence adds the pooled numbers: samples, leaks, the Clopper–Pearson upper bound of the leak
+    rate, the DKW band and the samples that bounding the rate within ``tolerance`` of the baseline
+    would need.
 
     Attributes:
         n: Samples per probe.
@@ -121,31 +122,12 @@ class SampledProbe:
 
     @property
     def scores(self) -> ProbeScores:
-        """Leak rates as the judge's probe scores (target, and the answer on each control)."""
+        """Rates as the judge's probe scores: the answer's on the prompt, each option's on each
+        control prompt (how often the samples about a control name that option)."""
         return ProbeScores(
-            self.leaks / self.n, tuple(hits[0] / self.control_n for hits in self.control_hits)
+            self.leaks / self.n,
+            tuple(tuple(h / self.control_n for h in hits) for hits in self.control_hits),
         )
-
-    def chance_deltas(self, truths: Mapping[str, str | None]) -> list[float]:
-        """How far each control's rate for each option strays above the other controls' mean.
-
-        A model that knows nothing about a subject may still favour one option for it; this
-        spread, over every option and not only the answer, is the chance of a spurious leak.
-        A control's own answer (``truths[control]``, often one of the distractors) is not a
-        chance leak and is skipped.
-        """
-        rates = np.array(self.control_hits, dtype=float) / self.control_n
-        k = len(rates)
-        if k < 2:
-            return []
-        others = (rates.sum(axis=0, keepdims=True) - rates) / (k - 1)
-        deltas = rates - others
-        return [
-            float(deltas[i, j])
-            for i, control in enumerate(self.probe.controls[:k])
-            for j, option in enumerate(self.probe.options)
-            if option != truths.get(control)
-        ]
 
 
 def sample_probes(
