@@ -76,9 +76,9 @@ class ProbeContext:
         answer, which each probe masks (`Probe.control_answers`). Subjects whose answer is none
         of the options are never used: a model that knows them makes a confident pick among
         options that are all wrong, which is not chance. Then, up to `n_controls`, made-up names
-        that no fact mentions, recombined from the words of the claim's subjects (first from
-        subjects whose answers are distractors) and then of every subject; their own answers are
-        those of the subjects they borrow words from.
+        that no fact mentions, recombined from the words of two subjects whose answers are
+        distractors (of the claim's subjects, then of any), then of any two subjects; their own
+        answers, masked like a subject's, are those of the subjects they borrow words from.
         """
         distractors = set(self.distractors(fact))
         chosen = [
@@ -89,12 +89,17 @@ class ProbeContext:
         self.rng("controls", fact.id).shuffle(chosen)
         chosen = chosen[:MAX_CONTROLS]
         claim_words, all_words = self._made_up_pools
-        masked = [
-            name
-            for name in claim_words
-            if all(self.object_of(s, fact.relation) in distractors for s in self._borrowed[name])
-        ]
-        for pool in (masked, claim_words, all_words):
+
+        def masked(pool: list[str]) -> list[str]:
+            return [
+                name
+                for name in pool
+                if all(
+                    self.object_of(s, fact.relation) in distractors for s in self._borrowed[name]
+                )
+            ]
+
+        for pool in (masked(claim_words), masked(all_words), claim_words, all_words):
             fresh = [name for name in pool if name not in chosen]
             missing = self.n_controls - len(chosen)
             chosen += self.rng("made-up", fact.id).sample(fresh, min(max(missing, 0), len(fresh)))
