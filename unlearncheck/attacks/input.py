@@ -80,6 +80,12 @@ class ProbeContext:
         distractors (of the claim's subjects, then of any), then of any two subjects; their own
         answers, masked like a subject's, are those of the subjects they borrow words from.
         """
+        cached = self._controls.get(fact.id)
+        if cached is None:
+            cached = self._controls[fact.id] = self._choose_controls(fact)
+        return cached
+
+    def _choose_controls(self, fact: Fact) -> tuple[str, ...]:
         distractors = set(self.distractors(fact))
         chosen = [
             s
@@ -88,21 +94,25 @@ class ProbeContext:
         ]
         self.rng("controls", fact.id).shuffle(chosen)
         chosen = chosen[:MAX_CONTROLS]
+        taken = set(chosen)
         claim_words, all_words = self._made_up_pools
+        maskable = {
+            s
+            for s in self._subjects.get(fact.relation, ())
+            if self.object_of(s, fact.relation) in distractors
+        }
 
         def masked(pool: list[str]) -> list[str]:
-            return [
-                name
-                for name in pool
-                if all(
-                    self.object_of(s, fact.relation) in distractors for s in self._borrowed[name]
-                )
-            ]
+            return [name for name in pool if maskable.issuperset(self._borrowed[name])]
 
         for pool in (masked(claim_words), masked(all_words), claim_words, all_words):
-            fresh = [name for name in pool if name not in chosen]
             missing = self.n_controls - len(chosen)
-            chosen += self.rng("made-up", fact.id).sample(fresh, min(max(missing, 0), len(fresh)))
+            if missing <= 0:
+                break
+            fresh = [name for name in pool if name not in taken]
+            picked = self.rng("made-up", fact.id).sample(fresh, min(missing, len(fresh)))
+            chosen += picked
+            taken.update(picked)
         return tuple(chosen)
 
     def control_answers(
@@ -140,6 +150,10 @@ class ProbeContext:
 
     @cached_property
     def _borrowed(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    @cached_property
+    def _controls(self) -> dict[str, tuple[str, ...]]:
         return {}
 
     @cached_property
