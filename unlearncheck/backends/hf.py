@@ -166,7 +166,7 @@ class HFModel:
         Raises:
             ValueError: If an answer has no tokens or a prompt encodes to no tokens.
         """
-        encoded = [self._encode_request(prompt, answer) for prompt, answer in requests]
+        encoded = self._encode_requests(requests)
         scores: list[AnswerScore | None] = [None] * len(encoded)
         by_context: dict[tuple[int, ...], list[int]] = {}
         for i, (context, answer) in enumerate(encoded):
@@ -260,7 +260,7 @@ class HFModel:
             if seed is not None:
                 torch.manual_seed(seed)
             for batch in _chunks(list(prompts), batch_size):
-                ids, mask = self._pad([self._encode(prompt) for prompt in batch], left=True)
+                ids, mask = self._pad(self._encode(batch), left=True)
                 with torch.inference_mode():
                     out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
                 texts = self.tokenizer.batch_decode(
@@ -289,7 +289,7 @@ class HFModel:
         """
         rows: list[np.ndarray] = []
         for batch in _chunks(list(prompts), batch_size):
-            encoded = [self._encode(prompt) for prompt in batch]
+            encoded = self._encode(batch)
             ids, mask = self._pad(encoded, left=False)
             with torch.inference_mode():
                 states = self.model(
@@ -301,23 +301,37 @@ class HFModel:
             rows.append(stacked.float().cpu().numpy())
         return np.concatenate(rows) if rows else np.empty((0, 0, 0), dtype=np.float32)
 
-    def _encode(self, prompt: str) -> list[int]:
-        """Token ids of a prompt: BOS (when the tokenizer has one) + its plain tokens."""
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ids if bos is None else [bos, *ids]
+    def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt: BOS (when the tokenizer has one) + its plain tokens.
 
-    def _encode_request(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-        """Split a (prompt, answer) pair into context ids and answer ids."""
-        context = self._encode(prompt)
-        whole = self._encode(prompt + answer)
-        if whole[: len(context)] == context and len(whole) > len(context):
-            answer_ids = whole[len(context) :]
-        else:
-            answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if not context or not answer_ids:
-            raise ValueError(f"prompt {prompt!r} and answer {answer!r} must both have tokens")
-        return context, answer_ids
+        Each distinct prompt is tokenized once, all of them in one batch call.
+        """
+        unique = list(dict.fromkeys(prompts))
+        if not unique:
+            return []
+        ids = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        table = {
+            p: (seq if bos is None else [bos, *seq]) for p, seq in zip(unique, ids, strict=True)
+        }
+        return [table[p] for p in prompts]
+
+    def _encode_requests(
+        self, requests: Sequence[tuple[str, str]]
+    ) -> list[tuple[list[int], list[int]]]:
+        """Split (prompt, answer) pairs into context ids and answer ids."""
+        contexts = self._encode([prompt for prompt, _ in requests])
+        wholes = self._encode([prompt + answer for prompt, answer in requests])
+        out = []
+        for (prompt, answer), context, whole in zip(requests, contexts, wholes, strict=True):
+            if whole[: len(context)] == context and len(whole) > len(context):
+                answer_ids = whole[len(context) :]
+            else:
+                answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if not context or not answer_ids:
+                raise ValueError(f"prompt {prompt!r} and answer {answer!r} must both have tokens")
+            out.append((context, answer_ids))
+        return out
 
     def _pad(self, seqs: Sequence[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad token id lists into (input_ids, attention_mask) tensors on the model device."""
