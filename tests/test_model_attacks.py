@@ -25,8 +25,8 @@ MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe
 
 @pytest.fixture(scope="module")
 def forget(zoo: Path) -> FactSet:
-    """The forget facts of 8 of the 16 forget people (48 facts)."""
-    return forget_facts(zoo, n_people=8)
+    """Every forget fact of the zoo (16 people, 96 facts)."""
+    return forget_facts(zoo)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def gold_row(zoo: Path, forget: FactSet) -> Matrix:
 @pytest.mark.parametrize("attack", [a.name for a in MODEL_AND_READOUT])
 def test_gold_is_failed_on_at_most_5_percent(gold_row: Matrix, attack: str) -> None:
     cell = gold_row["gold"][attack]
-    assert cell.applicable >= 40
+    assert cell.applicable >= 80
     assert cell.rate <= 0.05, sorted(cell.failed_ids)
 
 
@@ -116,15 +116,18 @@ def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap: on head_only sampling flags 15 of 48 facts, but greedy decoding also "
-    "gets 14 of them right: only 1 leak that greedy misses (3 wanted)",
+    reason="known gap: no zoo variant is in the regime sampling exists for; on head_only "
+    "(96 facts) greedy decoding of the same prompts finds every fact sampling flags",
 )
 def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: FactSet) -> None:
-    """On head_only, greedy answers are mostly wrong but the answer keeps real probability."""
-    from unlearncheck.backends.hf import HFModel
+    """Sampling must flag facts whose greedy continuations, on the same prompts, never state
+    the answer (the answer keeps real probability without being the top choice)."""
+    from unlearncheck.attacks.input import ProbeContext
+    from unlearncheck.attacks.readout import contains_answer
     from unlearncheck.claims import load_model
+    from unlearncheck.probes import Templates
 
-    model: HFModel = load_model(str(zoo / "head_only"))
+    model = load_model(str(zoo / "head_only"))
     verdict = assert_forgotten(
         model,
         forget,
@@ -133,15 +136,16 @@ def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: Fac
         raise_on_fail=False,
         on_inconclusive="return",
     )
-    questions = [f"Question: {f.question}\nAnswer:" for f in forget]
-    greedy = model.generate(questions, max_new_tokens=4)
-    greedy_wrong = {
-        f.id for f, out in zip(forget, greedy, strict=True) if f.object not in out[0].split()
-    }
+    context = ProbeContext(forget, forget, Templates.load())
+    found_by_greedy = set()
+    for fact in forget:
+        prompts = [p.prompt for p in sampling.probes(fact, context)]
+        greedy = model.generate(prompts, max_new_tokens=sampling.max_new_tokens)
+        if any(contains_answer(out[0], fact.object) for out in greedy):
+            found_by_greedy.add(fact.id)
     flagged = {f.fact_id for f in verdict.failed}
-    missed_by_greedy = flagged & greedy_wrong
-    print(f"\nsampling flags {len(flagged)}; {len(missed_by_greedy)} of them greedy gets wrong")
+    missed_by_greedy = flagged - found_by_greedy
+    print(f"\nsampling flags {len(flagged)}; greedy misses {len(missed_by_greedy)} of them")
     assert len(missed_by_greedy) >= 3
     outcome = verdict.fact(sorted(missed_by_greedy)[0]).outcome("sampling")
     assert outcome.extra["upper_bound"] >= outcome.extra["leaks"] / outcome.extra["samples"]
-    assert outcome.extra["n_needed"] is None or outcome.extra["n_needed"] > 0

@@ -14,8 +14,8 @@ from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_
 
 @pytest.fixture(scope="module")
 def forget(zoo: Path) -> FactSet:
-    """The forget facts of 8 of the 16 forget people (48 facts); the CLI runs all of them."""
-    return forget_facts(zoo, n_people=8)
+    """Every forget fact of the zoo (16 people, 96 facts)."""
+    return forget_facts(zoo)
 
 
 @pytest.fixture(scope="module")
