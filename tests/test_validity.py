@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import INPUT_ATTACKS
+from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
 from unlearncheck.organism import VARIANTS
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
@@ -58,3 +60,41 @@ def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_h
     caught = matrix["multihop_shallow"]["multihop"].failed_ids & answered
     assert len(answered) >= 6
     assert len(caught) >= 0.6 * len(answered)
+
+
+def test_single_fact_claims_on_gold_fail_at_most_5_percent(zoo: Path, forget: FactSet) -> None:
+    """A claim of one fact borrows its chance level from the other forget facts (calibration
+    peers), so the model that never saw the forget people passes almost every such claim."""
+    gold = load_model(str(zoo / "gold"))
+    original = load_model(str(zoo / "original"))
+    context = load_facts(zoo / "facts.jsonl")
+    failed = []
+    for fact in forget:
+        verdict = assert_forgotten(
+            gold,
+            fact,
+            attacks=INPUT_ATTACKS,
+            original=original,
+            context=context,
+            raise_on_fail=False,
+            on_inconclusive="return",
+        )
+        if verdict.status == "FAIL":
+            failed.append(fact.id)
+    print(f"\ngold: {len(failed)} of {len(forget)} single-fact claims FAILED: {failed}")
+    assert len(failed) <= 0.05 * len(forget)
+
+
+def test_single_fact_claims_on_the_original_fail(zoo: Path, forget: FactSet) -> None:
+    original = load_model(str(zoo / "original"))
+    context = load_facts(zoo / "facts.jsonl")
+    for fact in forget[::8]:
+        verdict = assert_forgotten(
+            original,
+            fact,
+            attacks=INPUT_ATTACKS,
+            context=context,
+            raise_on_fail=False,
+            on_inconclusive="return",
+        )
+        assert verdict.status == "FAIL", fact.id

@@ -7,7 +7,8 @@ corrects for the number of tests, logs every case and verdict, and raises when t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from unlearncheck.judge import (
     ScoringModel,
     assess_probes,
     benjamini_hochberg,
-    chance_pool,
+    chance_pools,
     decide,
     score_probes,
 )
@@ -47,6 +48,9 @@ from unlearncheck.verdict import (
 
 DEFAULT_TOLERANCE = 0.2
 DEFAULT_ALPHA = 0.05
+#: Facts a forgetting claim's chance level is measured on: a smaller claim borrows the rest from
+#: the other facts of the forget set (see `calibration_peers`).
+CALIBRATION_FACTS = 48
 ModelLike = HFModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
 
@@ -69,6 +73,38 @@ def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:
     if isinstance(facts, Fact):
         return FactSet([facts])
     return facts if isinstance(facts, FactSet) else FactSet(list(facts))
+
+
+def calibration_peers(claim: FactSet, context: FactSet, seed: int) -> FactSet:
+    """Other facts of the forget set that calibrate chance for a claim of few facts.
+
+    Chance is what the model says about subjects it does not know. The subjects a model is
+    claimed not to know are the forget set's: the claim's own and, when the claim is smaller than
+    `CALIBRATION_FACTS`, a seeded sample of the context's other ``split == "forget"`` facts. Their
+    probes are asked of control subjects to build the chance distribution; they are never judged.
+    Made-up names alone are a poor chance level: a model that never saw a name still reads the
+    words it is made of, which for a word-level organism are unseen only in real forget names.
+    """
+    missing = CALIBRATION_FACTS - len(claim)
+    if missing <= 0:
+        return FactSet()
+    relations = {f.relation for f in claim}
+    others = sorted((f for f in context if f.split == "forget" and f.id not in claim), key=_id)
+    rng = random.Random(f"{seed}|calibration")
+    chosen: list[Fact] = []
+    for same in (True, False):  # peers asking the claim's relations first (`chance_pools`)
+        pool = [f for f in others if (f.relation in relations) == same]
+        chosen += rng.sample(pool, min(missing - len(chosen), len(pool)))
+    return FactSet(sorted(chosen, key=_id))
+
+
+def _id(fact: Fact) -> str:
+    return fact.id
+
+
+def _strata(ctx: ProbeContext) -> dict[str, str]:
+    """Each claimed fact's chance stratum: its relation."""
+    return {f.id: f.relation for f in ctx.claim}
 
 
 def _context_facts(claim: FactSet, facts: FactSet | None) -> FactSet:
@@ -119,10 +155,14 @@ class _Session:
         *,
         tolerance: float,
         alpha: float,
+        strata: Mapping[str, str],
         use_reference: bool = True,
         use_original: bool = True,
     ) -> dict[str, AttackOutcome]:
-        """Judge one attack's probes for every fact (one batched pass per model)."""
+        """Judge one attack's probes for every fact (one batched pass per model).
+
+        ``strata`` maps a fact id to its relation: chance is pooled per relation.
+        """
         flat = [p for probes in probes_by_fact.values() for p in probes]
         m = self.models
         model_scores = score_probes(self.scorer, m.model, flat)
@@ -141,8 +181,8 @@ class _Session:
                 orig_scores[sl] if orig_scores is not None else None,
                 tolerance=tolerance,
             )
-        pool = chance_pool(list(groups.values()))
-        return {fid: decide(attack, g, pool, alpha, tolerance) for fid, g in groups.items()}
+        pools = chance_pools(groups, strata, alpha)
+        return {fid: decide(attack, g, pools[fid], alpha, tolerance) for fid, g in groups.items()}
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
         """Greedy outputs of the model for the strongest evidence of significant outcomes."""
@@ -168,14 +208,18 @@ def _prepare(
     seed: int,
     runlog: RunLog | str | Path | None,
     device: str | None,
+    calibrate: bool = False,
 ) -> tuple[FactSet, ProbeContext, _Models, RunLog | None]:
-    """The claim's facts, probe context, loaded models and run log."""
+    """The claim's facts, probe context, loaded models and run log.
+
+    With ``calibrate``, the context's claim also holds the `calibration_peers`.
+    """
     claim_facts = _as_factset(facts)
     if not claim_facts:
         raise ValueError(f"{name} needs at least one fact")
-    ctx = ProbeContext(
-        _context_facts(claim_facts, context), claim_facts, templates or Templates.load(), seed
-    )
+    known = _context_facts(claim_facts, context)
+    peers = calibration_peers(claim_facts, known, seed) if calibrate else FactSet()
+    ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates or Templates.load(), seed)
     models = _Models(
         load_model(model, device=device),
         load_model(reference, device=device) if reference is not None else None,
@@ -288,18 +332,23 @@ def assert_forgotten(
         seed=seed,
         runlog=runlog,
         device=device,
+        calibrate=True,
     )
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
     sessions: dict[str, _Session] = {}
     for attack in attacks:
-        sessions[attack.name], outcomes[attack.name] = _run_attack(
-            attack, claim_facts, ctx, models, log, tolerance=tolerance, alpha=alpha
+        # The peers' probes run too: their controls are part of the chance level.
+        sessions[attack.name], judged = _run_attack(
+            attack, ctx.claim, ctx, models, log, tolerance=tolerance, alpha=alpha
         )
+        outcomes[attack.name] = {f.id: judged[f.id] for f in claim_facts}
     known: dict[str, AttackOutcome] = {}
     if models.original is not None:
-        base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
+        base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in ctx.claim}
         original_only = _Session(_Models(models.original, None, None), _SCORER, None)
-        known = original_only.judge("original knows", base, tolerance=tolerance, alpha=alpha)
+        known = original_only.judge(
+            "original knows", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+        )
     tested = [
         o for per_fact in outcomes.values() for o in per_fact.values() if o.p_value is not None
     ]
@@ -346,7 +395,9 @@ def _run_attack(
     if isinstance(attack, InputAttack):
         session = _Session(models, _SCORER, log)
         probes = {f.id: attack(f, ctx) for f in facts}
-        return session, session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+        return session, session.judge(
+            attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+        )
     if isinstance(attack, SamplingAttack):
         return _Session(models, _SCORER, log), _run_sampling(
             attack, facts, ctx, models, alpha=alpha
@@ -392,7 +443,9 @@ def _run_model_attack(
     session = _Session(variants, _SCORER, log)
     withheld = {f.id: attack.withheld(f, ctx) for f in facts}
     probes = {f.id: attack.probes(f, ctx) for f in facts if withheld[f.id] is None}
-    judged = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    judged = session.judge(
+        attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+    )
     kind = QUANT_KINDS.get(attack.name.split(">")[0])
     original = _as_hf(models.original, "original", attack.name)
     shared = quant_evidence(model_variant, original, kind) if kind else {}
@@ -448,7 +501,9 @@ def _run_hidden_probe(
     )
     session = _Session(readouts, _SCORER, log)
     probes = {f.id: attack.probes(f, ctx) for f in facts}
-    judged = session.judge(attack.name, probes, tolerance=tolerance, alpha=alpha)
+    judged = session.judge(
+        attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+    )
     shared: dict[str, Any] = {
         f"{role}_probe": getattr(readouts, role).fit_report
         for role in ("model", "reference", "original")
@@ -512,10 +567,10 @@ def _run_sampling(
             sum(r.baseline for r in group.results) / len(group.results) if group.results else 0.0
         )
         bounds[fact.id] = sample_bounds(sampled[sl], baseline, attack.tolerance, alpha)
-    pool = chance_pool(list(groups.values()))
+    pools = chance_pools(groups, _strata(ctx), alpha)
     out = {}
     for fact_id, group in groups.items():
-        outcome = decide(attack.name, group, pool, alpha, attack.tolerance)
+        outcome = decide(attack.name, group, pools[fact_id], alpha, attack.tolerance)
         b = bounds[fact_id]
         outcome.extra.update(b.to_dict())
         outcome.reason += (
@@ -597,11 +652,11 @@ def assert_retained(
     )
     base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
     on_model = _Session(_Models(models.model, None, None), _SCORER, log).judge(
-        "direct", base, tolerance=tolerance, alpha=alpha
+        "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
     )
     on_original = (
         _Session(_Models(models.original, None, None), _SCORER, log).judge(
-            "direct", base, tolerance=tolerance, alpha=alpha
+            "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
         if models.original is not None
         else None
