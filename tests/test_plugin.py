@@ -187,6 +187,31 @@ def test_npo_gd_fails_and_xdist_gives_the_same_verdicts(
     assert (suite / "reports" / "unlearncheck.html").exists()
 
 
+REPLAY = """
+from unlearncheck import assert_forgotten
+from unlearncheck.attacks import direct
+
+
+def test_replayed(unlearned, facts):
+    forget = facts.split("forget")[:2]
+    for _ in range(2):  # as hypothesis replays the example that failed
+        assert_forgotten(unlearned, forget, attacks=[direct], claim="replayed",
+                         on_inconclusive="return")
+    assert_forgotten(unlearned, forget, attacks=[direct], claim="other", on_inconclusive="return")
+"""
+
+
+def test_a_claim_replayed_within_a_test_is_reported_once(
+    pytester: pytest.Pytester, zoo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNLEARNCHECK_CACHE", str(zoo.parent.parent))
+    pytester.makepyfile(test_replay=REPLAY)
+    result = _run(pytester, "gold")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    verdicts = _verdicts(pytester.path / "reports" / "unlearncheck.jsonl")
+    assert sorted(v["claim"] for v in verdicts) == ["other", "replayed"]
+
+
 def _record(test: str, seconds: float, outcomes: dict[str, str]) -> dict[str, Any]:
     return {
         "test": test,

@@ -374,7 +374,10 @@ class Collector:
         if report.when != "teardown":
             return
         del self.tests[report.nodeid]
-        for verdict in verdicts_of(report):
+        # A claim run again within one test (hypothesis replays the example that failed) counts
+        # once, with its last verdict.
+        last = {str(v.get("claim")): v for v in verdicts_of(report)}
+        for verdict in last.values():
             self.write(verdict, report.nodeid, test)
             self.seconds[report.nodeid] = test.duration
 
