@@ -38,6 +38,32 @@ def _validity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from unlearncheck.claims import load_model
+    from unlearncheck.facts import load_facts
+    from unlearncheck.organism import zoo_dir
+    from unlearncheck.scorecard import format_scorecards, scorecards, write_scorecards
+
+    specs = [*args.models, args.reference]
+    facts_path = args.facts
+    if facts_path is None:
+        if not all(spec.startswith("organism:") for spec in specs):
+            print(
+                "unlearncheck metrics: --facts is needed unless every model is organism:<variant>",
+                file=sys.stderr,
+            )
+            return 2
+        facts_path = zoo_dir(0) / "facts.jsonl"
+    start = time.perf_counter()
+    facts = load_facts(facts_path)
+    cards = scorecards([load_model(m) for m in args.models], load_model(args.reference), facts)
+    print(f"metrics against reference {args.reference} on {facts_path}")
+    print(format_scorecards(cards))
+    write_scorecards(cards, args.json)
+    print(f"({time.perf_counter() - start:.1f} s; JSON: {args.json})")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from unlearncheck.report import render_report
 
@@ -68,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
     validity.set_defaults(run=_validity)
+    metrics = commands.add_parser(
+        "metrics", help="TOFU/MUSE metrics of models against a reference: table and JSON"
+    )
+    metrics.add_argument(
+        "--model", dest="models", action="append", required=True, help="model spec (repeatable)"
+    )
+    metrics.add_argument("--reference", required=True, help="reference model spec")
+    metrics.add_argument("--facts", type=Path, help="facts file (default: the organism's)")
+    metrics.add_argument(
+        "--json", type=Path, default=Path("reports/metrics.json"), help="JSON output path"
+    )
+    metrics.set_defaults(run=_metrics)
     report = commands.add_parser("report", help="render the HTML report of a run log")
     report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
     report.add_argument(
