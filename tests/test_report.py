@@ -248,3 +248,24 @@ def test_plugin_keys_and_parent_dirs(tmp_path: Path) -> None:
     out = render_report([record], tmp_path / "deep" / "er" / "report.html")
     page = out.read_text("utf-8")
     assert "probes/test_x.py::test_norland" in page and "pytest: failed, 3.4 s" in page
+
+
+def test_metrics_records_get_a_table_and_the_write_is_whole(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "run.jsonl")
+    row = {
+        "model": "<script>alert(1)</script>",
+        "reference": "organism:gold",
+        "forget_quality": 0.0123,
+        "truth_ratio": 0.2,
+        "forget_rouge": 0.5,
+        "privleak_loss": -44.25,
+        "privleak_min_k_plus_plus": -21.9,
+        "model_utility": 0.957,
+    }
+    log.write("metrics", {"reference": "organism:gold", "facts": "facts.jsonl", "rows": [row]})
+    log.close()
+    out = render_report(tmp_path / "run.jsonl", tmp_path / "report.html")
+    text = out.read_text()
+    assert "Benchmark metrics against" in text and "-44.250" in text and "0.012" in text
+    assert "<script>alert" not in text and "&lt;script&gt;" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []

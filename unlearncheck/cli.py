@@ -60,6 +60,15 @@ def _metrics(args: argparse.Namespace) -> int:
     print(f"metrics against reference {args.reference} on {facts_path}")
     print(format_scorecards(cards))
     write_scorecards(cards, args.json)
+    if args.runlog is not None:
+        from dataclasses import asdict
+
+        from unlearncheck.runlog import RunLog
+
+        log = RunLog(args.runlog)
+        rows = [asdict(card) for card in cards]
+        log.write("metrics", {"reference": args.reference, "facts": str(facts_path), "rows": rows})
+        log.close()
     print(f"({time.perf_counter() - start:.1f} s; JSON: {args.json})")
     return 0
 
@@ -104,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--facts", type=Path, help="facts file (default: the organism's)")
     metrics.add_argument(
         "--json", type=Path, default=Path("reports/metrics.json"), help="JSON output path"
+    )
+    metrics.add_argument(
+        "--runlog", type=Path, help="run log to append the table to (the report shows it)"
     )
     metrics.set_defaults(run=_metrics)
     report = commands.add_parser("report", help="render the HTML report of a run log")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,23 @@ CHART_TEXT_WIDTH = 260
 CHART_ROW_HEIGHT = 24
 CHART_LABEL_CHARS = 24
 _TEMPLATES = Path(__file__).parent / "templates"
+#: The scorecard columns of the metrics section (headers, then `Scorecard` field names).
+METRIC_COLUMNS = (
+    "forget quality",
+    "truth ratio",
+    "forget ROUGE-L",
+    "privleak LOSS",
+    "privleak Min-K%++",
+    "model utility",
+)
+METRIC_KEYS = (
+    "forget_quality",
+    "truth_ratio",
+    "forget_rouge",
+    "privleak_loss",
+    "privleak_min_k_plus_plus",
+    "model_utility",
+)
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,17 @@ class Interrupted:
 
 
 @dataclass(frozen=True)
+class MetricsTable:
+    """A ``metrics`` record of the run log: scorecards of models against one reference."""
+
+    reference: str
+    facts: str
+    rows: list[Record]
+    columns: tuple[str, ...] = METRIC_COLUMNS
+    keys: tuple[str, ...] = METRIC_KEYS
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the template shows."""
 
@@ -158,6 +187,7 @@ class Report:
     claims: list[Claim]
     chart: Chart
     interrupted: list[Interrupted]
+    metrics: list[MetricsTable]
 
 
 def outcome_status(kind: str, outcome: Mapping[str, Any]) -> str:
@@ -335,6 +365,10 @@ def build_report(records: Iterable[Record]) -> Report:
         claims=claims,
         chart=_chart(claims, attacks),
         interrupted=_interrupted(log),
+        metrics=[
+            MetricsTable(str(r.get("reference")), str(r.get("facts")), list(r.get("rows") or []))
+            for r in by_kind.get("metrics", [])
+        ],
     )
 
 
@@ -395,5 +429,8 @@ def render_report(records: Iterable[Record] | str | Path, out: str | Path) -> Pa
     html = template.render(report=build_report(records), max_evidence=MAX_EVIDENCE)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    # Written whole or not at all: a reader never sees half a report.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(html, encoding="utf-8")
+    os.replace(partial, path)
     return path
