@@ -83,3 +83,21 @@ def test_retained_passes_for_gold_and_fails_after_utility_collapse(zoo: Path) ->
     broken = HFModel.from_pretrained_objects(broken.model, broken.tokenizer, spec="collapsed")
     with pytest.raises(ForgettingAssertionError):
         assert_retained(broken, retain, original=original)
+
+
+@pytest.mark.parametrize("variant", ["original", "gold"])
+def test_the_sum_readout_gives_the_same_verdicts(zoo: Path, forget: FactSet, variant: str) -> None:
+    verdicts = {
+        readout: assert_forgotten(
+            str(zoo / variant),
+            forget,
+            attacks=[direct],
+            original=str(zoo / "original"),
+            readout=readout,
+            raise_on_fail=False,
+        )
+        for readout in ("token_mean", "sum")
+    }
+    assert verdicts["sum"].config["readout"] == "sum"
+    assert verdicts["sum"].status == verdicts["token_mean"].status
+    assert verdicts["sum"].status == ("FAIL" if variant == "original" else "PASS")

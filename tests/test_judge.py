@@ -166,3 +166,33 @@ def test_controls_are_claim_subjects_with_a_distractor_answer_then_made_up_names
         else:  # a made-up name answers what the two subjects it borrows words from answer
             assert len(answers) == 2
     assert controls == ProbeContext(world, claim, Templates.load()).controls(fact)  # seeded
+
+
+class _FixedScores:
+    """A scoring model whose answers have given (sum log-prob, token count)."""
+
+    spec = "fixed"
+    content_hash = "fixed-scores"
+
+    def __init__(self, scores: dict[str, tuple[float, int]]) -> None:
+        self.scores = scores
+
+    def score_answers(self, requests, *, batch_size=1):  # type: ignore[no-untyped-def]
+        from unlearncheck.backends.hf import AnswerScore
+
+        return [AnswerScore(*self.scores[answer.strip()], False) for _, answer in requests]
+
+
+def test_readouts_normalize_per_token_or_sum() -> None:
+    from unlearncheck.judge import Scorer
+
+    # "long" has 4 tokens of log-prob -0.5 each (sum -2.0); "short" 1 token of -1.5.
+    model = _FixedScores({"long": (-2.0, 4), "short": (-1.5, 1)})
+    items = [("Q:", ["long", "short"])]
+    (per_token,) = Scorer("token_mean").distributions(model, items)
+    (total,) = Scorer("sum").distributions(model, items)
+    assert per_token == pytest.approx(np.exp([-0.5, -1.5]) / np.exp([-0.5, -1.5]).sum())
+    assert total == pytest.approx(np.exp([-2.0, -1.5]) / np.exp([-2.0, -1.5]).sum())
+    assert per_token[0] > per_token[1] and total[0] < total[1]
+    with pytest.raises(ValueError, match="unknown readout 'bytes'"):
+        Scorer("bytes")  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from unlearncheck.attacks.readout import (
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
+    Readout,
     Scorer,
     ScoringModel,
     assess_probes,
@@ -55,7 +56,6 @@ ModelLike = HFModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
 
 _LOADED: dict[tuple[str, str | None], HFModel] = {}
-_SCORER = Scorer()
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
@@ -276,6 +276,7 @@ def assert_forgotten(
     *,
     original: ModelLike | None = None,
     reference: ModelLike | None = None,
+    readout: Readout = "token_mean",
     context: FactSet | None = None,
     templates: Templates | None = None,
     alpha: float = DEFAULT_ALPHA,
@@ -299,6 +300,8 @@ def assert_forgotten(
             probes it does not answer are left out.
         reference: A model retrained without the forget set; scores are compared with it instead
             of with chance.
+        readout: How an option's likelihood enters p̂: ``token_mean`` (mean log-probability per
+            token, the default) or ``sum`` (total log-probability).
         context: The facts the probes may use (graph, controls); default: the set the facts
             came from.
         templates: The template library (default: the shipped one).
@@ -334,18 +337,19 @@ def assert_forgotten(
         device=device,
         calibrate=True,
     )
+    scorer = Scorer(readout)
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
     sessions: dict[str, _Session] = {}
     for attack in attacks:
         # The peers' probes run too: their controls are part of the chance level.
         sessions[attack.name], judged = _run_attack(
-            attack, ctx.claim, ctx, models, log, tolerance=tolerance, alpha=alpha
+            attack, ctx.claim, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
         )
         outcomes[attack.name] = {f.id: judged[f.id] for f in claim_facts}
     known: dict[str, AttackOutcome] = {}
     if models.original is not None:
         base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in ctx.claim}
-        original_only = _Session(_Models(models.original, None, None), _SCORER, None)
+        original_only = _Session(_Models(models.original, None, None), scorer, None)
         known = original_only.judge(
             "original knows", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
@@ -367,6 +371,7 @@ def assert_forgotten(
         "attacks": [a.name for a in attacks],
         "alpha": alpha,
         "tolerance": tolerance,
+        "readout": readout,
         "seed": seed,
         "kind": "forgotten",
     }
@@ -386,6 +391,7 @@ def _run_attack(
     facts: FactSet,
     ctx: ProbeContext,
     models: _Models,
+    scorer: Scorer,
     log: RunLog | None,
     *,
     tolerance: float,
@@ -393,18 +399,20 @@ def _run_attack(
 ) -> tuple[_Session, dict[str, AttackOutcome]]:
     """Run one attack on every fact: the session it scored with and the outcome per fact."""
     if isinstance(attack, InputAttack):
-        session = _Session(models, _SCORER, log)
+        session = _Session(models, scorer, log)
         probes = {f.id: attack(f, ctx) for f in facts}
         return session, session.judge(
             attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
     if isinstance(attack, SamplingAttack):
-        return _Session(models, _SCORER, log), _run_sampling(
-            attack, facts, ctx, models, alpha=alpha
-        )
+        return _Session(models, scorer, log), _run_sampling(attack, facts, ctx, models, alpha=alpha)
     if isinstance(attack, HiddenProbeAttack):
-        return _run_hidden_probe(attack, facts, ctx, models, log, tolerance=tolerance, alpha=alpha)
-    return _run_model_attack(attack, facts, ctx, models, log, tolerance=tolerance, alpha=alpha)
+        return _run_hidden_probe(
+            attack, facts, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
+        )
+    return _run_model_attack(
+        attack, facts, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
+    )
 
 
 def _as_hf(model: ScoringModel | None, role: str, attack: str) -> HFModel | None:
@@ -413,10 +421,10 @@ def _as_hf(model: ScoringModel | None, role: str, attack: str) -> HFModel | None
     raise TypeError(f"attack {attack} needs a Hugging Face model as {role}, got {model.spec}")
 
 
-def _mean_target(models: ScoringModel, probes: list[Probe]) -> float | None:
+def _mean_target(scorer: Scorer, model: ScoringModel, probes: list[Probe]) -> float | None:
     if not probes:
         return None
-    scores = score_probes(_SCORER, models, probes)
+    scores = score_probes(scorer, model, probes)
     return sum(s.target for s in scores) / len(scores)
 
 
@@ -425,6 +433,7 @@ def _run_model_attack(
     facts: FactSet,
     ctx: ProbeContext,
     models: _Models,
+    scorer: Scorer,
     log: RunLog | None,
     *,
     tolerance: float,
@@ -440,7 +449,7 @@ def _run_model_attack(
         attack.variant(reference, ctx) if reference is not None else None,
         models.original,
     )
-    session = _Session(variants, _SCORER, log)
+    session = _Session(variants, scorer, log)
     withheld = {f.id: attack.withheld(f, ctx) for f in facts}
     probes = {f.id: attack.probes(f, ctx) for f in facts if withheld[f.id] is None}
     judged = session.judge(
@@ -462,7 +471,8 @@ def _run_model_attack(
             ("reference", models.reference, variants.reference),
         ):
             if before is not None and after is not None:
-                b, a = _mean_target(before, probes[fact.id]), _mean_target(after, probes[fact.id])
+                b = _mean_target(scorer, before, probes[fact.id])
+                a = _mean_target(scorer, after, probes[fact.id])
                 if a is not None and b is not None:
                     gains[f"{role}_gain"] = round(a - b, 6)
         outcome.extra.update(gains)
@@ -488,6 +498,7 @@ def _run_hidden_probe(
     facts: FactSet,
     ctx: ProbeContext,
     models: _Models,
+    scorer: Scorer,
     log: RunLog | None,
     *,
     tolerance: float,
@@ -499,7 +510,7 @@ def _run_hidden_probe(
         _readout(attack, models.reference, ctx, "reference"),
         _readout(attack, models.original, ctx, "original"),
     )
-    session = _Session(readouts, _SCORER, log)
+    session = _Session(readouts, scorer, log)
     probes = {f.id: attack.probes(f, ctx) for f in facts}
     judged = session.judge(
         attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
@@ -616,6 +627,7 @@ def assert_retained(
     *,
     original: ModelLike | None = None,
     max_loss: float = 0.1,
+    readout: Readout = "token_mean",
     context: FactSet | None = None,
     templates: Templates | None = None,
     alpha: float = DEFAULT_ALPHA,
@@ -633,6 +645,7 @@ def assert_retained(
     (control subjects).
     The claim passes when the share of facts known is at most ``max_loss`` below the original's
     share (or below 1 without an original); facts the original does not know are INCONCLUSIVE.
+    ``readout`` is as for `assert_forgotten`.
 
     Raises:
         ForgettingAssertionError: Too many facts were lost.
@@ -650,12 +663,13 @@ def assert_retained(
         runlog=runlog,
         device=device,
     )
+    scorer = Scorer(readout)
     base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
-    on_model = _Session(_Models(models.model, None, None), _SCORER, log).judge(
+    on_model = _Session(_Models(models.model, None, None), scorer, log).judge(
         "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
     )
     on_original = (
-        _Session(_Models(models.original, None, None), _SCORER, log).judge(
+        _Session(_Models(models.original, None, None), scorer, log).judge(
             "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
         if models.original is not None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from scipy import stats
@@ -49,31 +49,58 @@ class ScoringModel(Protocol):
     ) -> list: ...
 
 
+#: How an option's log-likelihood is read: ``token_mean`` (mean log-probability per token, the
+#: default: options of different lengths compete fairly) or ``sum`` (total log-probability, as
+#: lm-evaluation-harness's ``acc``).
+Readout = Literal["token_mean", "sum"]
+READOUTS: tuple[Readout, ...] = ("token_mean", "sum")
+
+_batch_size = 64
+
+
+def set_batch_size(size: int) -> None:
+    """Sequences per forward pass of every `Scorer` made without its own batch size."""
+    global _batch_size
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    _batch_size = size
+
+
+#: Answer log-likelihoods computed so far: (model content hash, prompt, option) → (sum, tokens).
+_LOGLIKELIHOODS: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+
 class Scorer:
-    """Batched option probabilities with a cache keyed by (model content hash, prompt, option)."""
+    """Batched option probabilities, each (model, prompt, option) scored once per process."""
 
-    def __init__(self, batch_size: int = 64) -> None:
-        self.batch_size = batch_size
-        self._cache: dict[tuple[str, str, str], float] = {}
+    def __init__(self, readout: Readout = "token_mean", batch_size: int | None = None) -> None:
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {list(READOUTS)}")
+        self.readout = readout
+        self.batch_size = batch_size or _batch_size
 
-    def mean_logprobs(
+    def loglikelihoods(
         self, model: ScoringModel, requests: Sequence[tuple[str, str]]
     ) -> list[float]:
-        """Mean log-probability of each (prompt, continuation), computing only what is missing."""
+        """The readout's log-likelihood of each (prompt, continuation), computing only what is
+        missing: the mean per token (``token_mean``) or the sum (``sum``)."""
         key = model.content_hash
-        missing = sorted({r for r in requests if (key, *r) not in self._cache})
+        missing = sorted({r for r in requests if (key, *r) not in _LOGLIKELIHOODS})
         if missing:
             scores = model.score_answers(missing, batch_size=self.batch_size)
             for request, score in zip(missing, scores, strict=True):
-                self._cache[(key, *request)] = score.mean_logprob
-        return [self._cache[(key, *r)] for r in requests]
+                _LOGLIKELIHOODS[(key, *request)] = (score.logprob, score.n_tokens)
+        sums = [_LOGLIKELIHOODS[(key, *r)] for r in requests]
+        if self.readout == "sum":
+            return [total for total, _ in sums]
+        return [total / n for total, n in sums]
 
     def distributions(
         self, model: ScoringModel, items: Sequence[tuple[str, Sequence[str]]]
     ) -> list[np.ndarray]:
         """p̂ of every option (normalized over the options) for each (prompt, options)."""
         requests = [(prompt, f" {o}") for prompt, options in items for o in options]
-        flat = self.mean_logprobs(model, requests)
+        flat = self.loglikelihoods(model, requests)
         out, at = [], 0
         for _, options in items:
             logp = np.array(flat[at : at + len(options)])

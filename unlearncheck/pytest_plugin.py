@@ -185,9 +185,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if options.batch_size is not None:
         if options.batch_size < 1:
             raise pytest.UsageError("--uc-batch-size must be at least 1")
-        from unlearncheck import claims
+        from unlearncheck import judge
 
-        claims._SCORER.batch_size = options.batch_size
+        judge.set_batch_size(options.batch_size)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
