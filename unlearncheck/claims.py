@@ -181,7 +181,7 @@ class _Session:
                 orig_scores[sl] if orig_scores is not None else None,
                 tolerance=tolerance,
             )
-        pools = chance_pools(groups, strata, alpha)
+        pools = chance_pools(groups, strata)
         return {fid: decide(attack, g, pools[fid], alpha, tolerance) for fid, g in groups.items()}
 
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
@@ -578,7 +578,7 @@ def _run_sampling(
             sum(r.baseline for r in group.results) / len(group.results) if group.results else 0.0
         )
         bounds[fact.id] = sample_bounds(sampled[sl], baseline, attack.tolerance, alpha)
-    pools = chance_pools(groups, _strata(ctx), alpha)
+    pools = chance_pools(groups, _strata(ctx))
     out = {}
     for fact_id, group in groups.items():
         outcome = decide(attack.name, group, pools[fact_id], alpha, attack.tolerance)

@@ -32,8 +32,9 @@ from unlearncheck.probes import Probe
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 
 MAX_EVIDENCE = 5
-#: Fewest chance statistics a stratum needs to calibrate its facts on its own (`chance_pools`).
-MIN_STRATUM_POOL = 100
+#: Least spread of a stratum's chance statistics (`chance_pools`): a stratum where chance is
+#: always the same still maps others' chance statistics onto a scale, not a point.
+MIN_CHANCE_SPREAD = 0.01
 
 
 class ScoringModel(Protocol):
@@ -250,25 +251,41 @@ def chance_pool(groups: Sequence[FactProbes]) -> np.ndarray:
 
 
 def chance_pools(
-    groups: Mapping[str, FactProbes], strata: Mapping[str, str], alpha: float
+    groups: Mapping[str, FactProbes], strata: Mapping[str, str]
 ) -> dict[str, np.ndarray]:
-    """Each fact's chance statistics: those of the claim's facts of its stratum (its relation).
+    """Each fact's chance statistics: the whole claim's, put on the scale of the fact's stratum.
 
     What a model says about a subject it does not know depends on the question: its prior over
-    colours is not its prior over cities. So a fact is ranked among the chance statistics of the
-    facts that ask the same relation, unless too few of those (under `MIN_STRATUM_POOL`) would
-    make a coarse p-value; then among the whole claim's.
+    colours is not its prior over cities. So each stratum (relation) has its own chance location
+    and spread (mean and standard deviation of its facts' chance statistics). Every chance
+    statistic of the claim is standardized in its own stratum and mapped onto the fact's stratum,
+    so a fact is ranked against chance as its relation sets it, with the resolution of the whole
+    claim's pool (a p-value cannot fall below one over the pool's size, and the claim's
+    correction needs small ones when few of many facts leak).
     """
-    whole = chance_pool(list(groups.values()))
     members: dict[str, list[FactProbes]] = {}
     for fact_id, group in groups.items():
         members.setdefault(strata.get(fact_id, ""), []).append(group)
     pools = {stratum: chance_pool(gs) for stratum, gs in members.items()}
-    least = max(MIN_STRATUM_POOL, math.ceil(1 / alpha))
-    return {
-        fact_id: pool if len(pool := pools[strata.get(fact_id, "")]) >= least else whole
-        for fact_id in groups
-    }
+    scales = {stratum: _location_scale(pool) for stratum, pool in pools.items()}
+    standard = np.sort(
+        np.concatenate(
+            [(pool - scales[s][0]) / scales[s][1] for s, pool in pools.items() if len(pool)]
+            or [np.empty(0)]
+        )
+    )
+    out = {}
+    for fact_id in groups:
+        location, scale = scales[strata.get(fact_id, "")]
+        out[fact_id] = location + scale * standard
+    return out
+
+
+def _location_scale(pool: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a stratum's chance statistics (spread at least 0.01)."""
+    if not len(pool):
+        return 0.0, 1.0
+    return float(pool.mean()), max(float(pool.std()), MIN_CHANCE_SPREAD)
 
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
