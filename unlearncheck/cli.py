@@ -73,6 +73,19 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Environment variable holding the API key ``unlearncheck serve`` requires (none when unset).
+SERVE_KEY_ENV = "UNLEARNCHECK_SERVE_API_KEY"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from unlearncheck.serve import run_forever
+
+    key = os.environ.get(SERVE_KEY_ENV) or None
+    return run_forever(args.model, args.host, args.port, name=args.name, api_key=key)
+
+
 def _report(args: argparse.Namespace) -> int:
     from unlearncheck.report import render_report
 
@@ -118,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--runlog", type=Path, help="run log to append the table to (the report shows it)"
     )
     metrics.set_defaults(run=_metrics)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, logprobs)",
+        description=f"An API key is required when ${SERVE_KEY_ENV} is set.",
+    )
+    serve.add_argument("model", help="model spec (organism:<variant>, directory, hub id)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
+    serve.add_argument("--name", help="model id the API reports (default: the spec)")
+    serve.set_defaults(run=_serve)
     report = commands.add_parser("report", help="render the HTML report of a run log")
     report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
     report.add_argument(
