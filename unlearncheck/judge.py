@@ -37,6 +37,16 @@ MAX_EVIDENCE = 5
 MIN_CHANCE_SPREAD = 0.01
 
 
+class LogLikelihood(Protocol):
+    """One continuation's score: total log-probability over its tokens."""
+
+    @property
+    def logprob(self) -> float: ...
+
+    @property
+    def n_tokens(self) -> int: ...
+
+
 class ScoringModel(Protocol):
     """What the judge needs of a model: an identity and batched answer log-likelihoods."""
 
@@ -47,7 +57,7 @@ class ScoringModel(Protocol):
 
     def score_answers(
         self, requests: Sequence[tuple[str, str]], *, batch_size: int = ...
-    ) -> list: ...
+    ) -> Sequence[LogLikelihood]: ...
 
 
 #: How an option's log-likelihood is read: ``token_mean`` (mean log-probability per token, the

@@ -23,7 +23,7 @@ from unlearncheck.attacks.input import (
     direct,
     paraphrase,
 )
-from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.hf import AnswerScore, HFModel
 from unlearncheck.facts import Fact
 from unlearncheck.judge import ProbeScores, clopper_pearson_upper
 from unlearncheck.probes import Probe
@@ -213,11 +213,6 @@ sampling = SamplingAttack()
 # hidden_probe
 
 
-@dataclass(frozen=True)
-class _Score:
-    mean_logprob: float
-
-
 class LinearProbeReadout:
     """A model read through a linear classifier on its hidden states (a `ScoringModel`).
 
@@ -255,7 +250,7 @@ class LinearProbeReadout:
 
     def score_answers(
         self, requests: Sequence[tuple[str, str]], *, batch_size: int = 64
-    ) -> list[_Score]:
+    ) -> list[AnswerScore]:
         """Log-probability of each option's class given the prompt."""
         prompts = sorted({p for p, _ in requests})
         rows = dict(zip(prompts, self.log_probs(prompts), strict=True))
@@ -263,7 +258,7 @@ class LinearProbeReadout:
         for prompt, option in requests:
             index = self.classes.get(option.strip())
             value = float(rows[prompt][index]) if index is not None else -1e9
-            out.append(_Score(value))
+            out.append(AnswerScore(value, 1, False))  # one class: one "token"
         return out
 
 
