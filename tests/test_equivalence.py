@@ -258,6 +258,8 @@ def test_gold_passes_against_gold_logged_published_and_rendered(zoo: Path, tmp_p
     json.dumps(verdict.to_dict())
     html = render_report(tmp_path / "run.jsonl", tmp_path / "report.html").read_text()
     assert "gold ≡ gold" in html
+    assert "FADE(model, reference)" in html and "noise floor" in html
+    assert "FADE(original, reference)" in html
 
 
 def test_fail_when_no_closer_than_the_original(zoo: Path, prompts: list[str]) -> None:

@@ -327,3 +327,14 @@ def test_zoo_forget_quality_and_privleak(
     for name in ("loss", "min_k_plus_plus"):
         assert metrics.privleak(gold_auc[name], gold_auc[name]) == 0.0
         assert metrics.privleak(original_auc[name], gold_auc[name]) < -20
+
+
+def test_sampling_reads_leaks_by_rouge_l_when_asked() -> None:
+    """ROUGE-L as a readout: a sample stating part of a long answer counts past the threshold."""
+    from unlearncheck.attacks.readout import SamplingAttack
+
+    sample, answer = "I think at Vellmar City, yes", "Vellmar City Hall"
+    assert not SamplingAttack().states(sample, answer)  # whole-word match only
+    assert SamplingAttack(rouge_threshold=0.6).states(sample, answer)  # recall 2/3
+    assert not SamplingAttack(rouge_threshold=0.7).states(sample, answer)
+    assert SamplingAttack(rouge_threshold=0.7).states("Vellmar City Hall.", answer)

@@ -26,6 +26,7 @@ from unlearncheck.attacks.input import (
 from unlearncheck.backends.hf import AnswerScore, HFModel
 from unlearncheck.facts import Fact
 from unlearncheck.judge import ProbeScores, clopper_pearson_upper
+from unlearncheck.metrics import rouge_l
 from unlearncheck.probes import Probe
 
 # --------------------------------------------------------------------------------------------
@@ -87,6 +88,9 @@ class SamplingAttack:
         tolerance: Leak rate allowed above the baseline.
         max_new_tokens: Length of each sample.
         inputs: Input attacks whose probes are sampled.
+        rouge_threshold: When set, a sample also states an answer when its ROUGE-L recall of the
+            answer reaches this (METHODS.md; for answers of several words that a sample may state
+            in part); otherwise only a whole-word match counts.
     """
 
     name: str = "sampling"
@@ -97,7 +101,15 @@ class SamplingAttack:
     tolerance: float = 0.2
     max_new_tokens: int = 6
     inputs: tuple[InputAttack, ...] = (direct,)
+    rouge_threshold: float | None = None
     kind: str = "readout"
+
+    def states(self, sample: str, answer: str) -> bool:
+        """Whether a sample states ``answer`` (see ``rouge_threshold``)."""
+        if contains_answer(sample, answer):
+            return True
+        threshold = self.rouge_threshold
+        return threshold is not None and rouge_l(sample, answer).recall >= threshold
 
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes to sample, attributed to this attack."""
@@ -150,14 +162,14 @@ def sample_probes(
     for probe, own in zip(probes, samples, strict=True):
         theirs = control_samples[at : at + len(probe.controls)]
         at += len(probe.controls)
-        hits = [s for s in own if contains_answer(s, probe.answer)]
+        hits = [s for s in own if attack.states(s, probe.answer)]
         out.append(
             SampledProbe(
                 probe,
                 len(hits),
                 len(own),
                 tuple(
-                    tuple(sum(contains_answer(s, o) for s in c) for o in probe.options)
+                    tuple(sum(attack.states(s, o) for s in c) for o in probe.options)
                     for c in theirs
                 ),
                 attack.control_n,
