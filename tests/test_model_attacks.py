@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import (
@@ -17,7 +19,12 @@ from unlearncheck.attacks import (
     relearn,
     sampling,
 )
+from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.readout import contains_answer
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
+from unlearncheck.probes import Templates
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 
 MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe)
@@ -114,25 +121,33 @@ def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None
     assert row["head_only"]["hidden_probe"].rate >= 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: no zoo variant is in the regime sampling exists for; on head_only "
-    "(96 facts) greedy decoding of the same prompts finds every fact sampling flags",
-)
-def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: FactSet) -> None:
-    """Sampling must flag facts whose greedy continuations, on the same prompts, never state
-    the answer (the answer keeps real probability without being the top choice)."""
-    from unlearncheck.attacks.input import ProbeContext
-    from unlearncheck.attacks.readout import contains_answer
-    from unlearncheck.claims import load_model
-    from unlearncheck.probes import Templates
+#: Logit penalty (nats) on the first token of every forget answer in the suppressed variant.
+SUPPRESSION = 6.0
 
-    model = load_model(str(zoo / "head_only"))
+
+def _answer_suppressed(original: HFModel, forget: FactSet) -> HFModel:
+    """Unlearning by output suppression: the original with a fixed logit penalty on the forget
+    answers. Greedy decoding stops stating many of them; their probability stays non-trivial."""
+    model = copy.deepcopy(original.model)
+    bias = torch.zeros(model.lm_head.out_features)
+    for answer in {f.object for f in forget}:
+        bias[original.tokenizer(f" {answer}", add_special_tokens=False)["input_ids"][0]] -= (
+            SUPPRESSION
+        )
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    return HFModel(model, original.tokenizer, spec="answer-suppressed", device=original.device)
+
+
+def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: FactSet) -> None:
+    """Sampling flags facts whose greedy continuations, on the same prompts, never state the
+    answer (the answer keeps real probability without being the top choice)."""
+    original = load_model(str(zoo / "original"))
+    model = _answer_suppressed(original, forget)
     verdict = assert_forgotten(
         model,
         forget,
         attacks=[sampling],
-        original=str(zoo / "original"),
+        original=original,
         raise_on_fail=False,
         on_inconclusive="return",
     )
@@ -147,5 +162,6 @@ def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: Fac
     missed_by_greedy = flagged - found_by_greedy
     print(f"\nsampling flags {len(flagged)}; greedy misses {len(missed_by_greedy)} of them")
     assert len(missed_by_greedy) >= 3
-    outcome = verdict.fact(sorted(missed_by_greedy)[0]).outcome("sampling")
-    assert outcome.extra["upper_bound"] >= outcome.extra["leaks"] / outcome.extra["samples"]
+    for fact_id in missed_by_greedy:
+        extra = verdict.fact(fact_id).outcome("sampling").extra
+        assert 0 < extra["leaks"] / extra["samples"] <= extra["upper_bound"] < 1
