@@ -23,14 +23,17 @@ def _organism(args: argparse.Namespace) -> int:
 
 
 def _validity(args: argparse.Namespace) -> int:
-    from unlearncheck.attacks import INPUT_ATTACKS
+    from unlearncheck.attacks import FULL_ATTACKS, INPUT_ATTACKS
     from unlearncheck.organism import VARIANTS, zoo_dir
     from unlearncheck.validity import forget_facts, format_matrix, validity_matrix
 
     zoo = zoo_dir(args.seed)
     reference = str(zoo / args.reference) if args.reference else None
+    attacks = (
+        [a for a in FULL_ATTACKS if a not in INPUT_ATTACKS] if args.beyond_input else INPUT_ATTACKS
+    )
     start = time.perf_counter()
-    matrix = validity_matrix(zoo, VARIANTS, INPUT_ATTACKS, forget_facts(zoo), reference=reference)
+    matrix = validity_matrix(zoo, VARIANTS, attacks, forget_facts(zoo), reference=reference)
     against = f"reference={args.reference}" if args.reference else "chance"
     print(f"validity matrix, seed {args.seed}, against {against}: share of forget facts FAILED")
     print(format_matrix(matrix))
@@ -115,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
+    validity.add_argument(
+        "--beyond-input",
+        action="store_true",
+        help="columns: the model and readout attacks instead of the input attacks",
+    )
     validity.set_defaults(run=_validity)
     metrics = commands.add_parser(
         "metrics", help="TOFU/MUSE metrics of models against a reference: table and JSON"
