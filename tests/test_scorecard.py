@@ -34,6 +34,7 @@ def test_gold_against_itself_is_perfect(cards: dict[str, Scorecard]) -> None:
     assert gold.forget_quality == pytest.approx(1.0)
     assert gold.privleak_loss == pytest.approx(0.0)
     assert gold.privleak_min_k_plus_plus == pytest.approx(0.0)
+    assert gold.fade == pytest.approx(0.0)
 
 
 def test_the_original_is_told_apart_from_gold(cards: dict[str, Scorecard]) -> None:
@@ -42,6 +43,7 @@ def test_the_original_is_told_apart_from_gold(cards: dict[str, Scorecard]) -> No
     assert original.privleak_loss < -20
     assert original.truth_ratio < gold.truth_ratio
     assert original.forget_rouge > 0.9 > 0.2 > gold.forget_rouge
+    assert original.fade > 0.5
 
 
 def test_metrics_rank_hidden_knowledge_and_lost_utility(cards: dict[str, Scorecard]) -> None:

@@ -12,6 +12,8 @@ computes them with `unlearncheck.metrics`, on a facts file's ``forget`` and ``re
   distribution; here each forget fact's statement with its answer replaced by a distractor (the
   same sentence, false) is the holdout of the true statement, so a model that never learnt the
   fact scores both alike. Near 0 is good; strongly negative means still memorized.
+- **FADE** — 1 − F1 of the likelihood-ratio precision and recall of sampled answers to the forget
+  questions (`unlearncheck.equivalence.fade`; 0 = indistinguishable from the reference).
 - **model utility** — harmonic mean of retain answer probability, retain truth-ratio score
   (mean max(0, 1 − R)) and retain ROUGE-L recall (TOFU).
 """
@@ -27,11 +29,14 @@ import numpy as np
 
 from unlearncheck import metrics
 from unlearncheck.backends.hf import HFModel
+from unlearncheck.equivalence import as_prompts, fade
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Templates, question_of, statement_of
 
 #: Greedy answer length for ROUGE-L.
 ANSWER_TOKENS = 8
+#: Samples per forget question for FADE.
+FADE_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Scorecard:
     forget_rouge: float
     privleak_loss: float
     privleak_min_k_plus_plus: float
+    fade: float
     model_utility: float
 
 
@@ -65,6 +71,7 @@ def scorecards(models: Sequence[HFModel], reference: HFModel, facts: FactSet) ->
     if not forget or not retain:
         raise ValueError("the scorecard needs facts of both splits 'forget' and 'retain'")
     theirs = _side(reference, forget, retain, templates)
+    questions = as_prompts(forget, templates)
     cards = []
     for model in models:
         ours = _side(model, forget, retain, templates)
@@ -79,6 +86,7 @@ def scorecards(models: Sequence[HFModel], reference: HFModel, facts: FactSet) ->
                 privleak_min_k_plus_plus=metrics.privleak(
                     ours.mia_auc["min_k_plus_plus"], theirs.mia_auc["min_k_plus_plus"]
                 ),
+                fade=fade(model, reference, questions, n=FADE_SAMPLES).fade,
                 model_utility=ours.utility,
             )
         )
@@ -155,6 +163,7 @@ def format_scorecards(cards: Sequence[Scorecard]) -> str:
         ("forget ROUGE-L", "forget_rouge", "{:.3f}"),
         ("privleak LOSS", "privleak_loss", "{:+.1f}"),
         ("privleak MinK++", "privleak_min_k_plus_plus", "{:+.1f}"),
+        ("FADE", "fade", "{:.3f}"),
         ("model utility", "model_utility", "{:.3f}"),
     ]
     width = max(len(c.model) for c in cards) + 2

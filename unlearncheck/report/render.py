@@ -45,6 +45,7 @@ METRIC_COLUMNS = (
     "forget ROUGE-L",
     "privleak LOSS",
     "privleak Min-K%++",
+    "FADE",
     "model utility",
 )
 METRIC_KEYS = (
@@ -53,6 +54,7 @@ METRIC_KEYS = (
     "forget_rouge",
     "privleak_loss",
     "privleak_min_k_plus_plus",
+    "fade",
     "model_utility",
 )
 
