@@ -267,5 +267,19 @@ def test_metrics_records_get_a_table_and_the_write_is_whole(tmp_path: Path) -> N
     out = render_report(tmp_path / "run.jsonl", tmp_path / "report.html")
     text = out.read_text()
     assert "Benchmark metrics against" in text and "-44.250" in text and "0.012" in text
+    assert (
+        "3.6e-46"
+        in render_report(
+            [
+                {
+                    "kind": "metrics",
+                    "reference": "r",
+                    "facts": "f",
+                    "rows": [{**row, "forget_quality": 3.6e-46}],
+                }
+            ],
+            tmp_path / "tiny.html",
+        ).read_text()
+    )
     assert "<script>alert" not in text and "&lt;script&gt;" in text
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
