@@ -198,6 +198,8 @@ def test_replayed(unlearned, facts):
         assert_forgotten(unlearned, forget, attacks=[direct], claim="replayed",
                          on_inconclusive="return")
     assert_forgotten(unlearned, forget, attacks=[direct], claim="other", on_inconclusive="return")
+    assert_forgotten(unlearned, forget, attacks=[direct], claim="other", seed=1,
+                     on_inconclusive="return")  # same name, another claim: both count
 """
 
 
@@ -209,7 +211,7 @@ def test_a_claim_replayed_within_a_test_is_reported_once(
     result = _run(pytester, "gold")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     verdicts = _verdicts(pytester.path / "reports" / "unlearncheck.jsonl")
-    assert sorted(v["claim"] for v in verdicts) == ["other", "replayed"]
+    assert sorted(v["claim"] for v in verdicts) == ["other", "other", "replayed"]
 
 
 def _record(test: str, seconds: float, outcomes: dict[str, str]) -> dict[str, Any]:

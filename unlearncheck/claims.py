@@ -25,6 +25,7 @@ from unlearncheck.attacks.readout import (
     sample_probes,
 )
 from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.openai_api import OpenAIModel, is_openai_spec
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
     Readout,
@@ -52,20 +53,28 @@ DEFAULT_ALPHA = 0.05
 #: Facts a forgetting claim's chance level is measured on: a smaller claim borrows the rest from
 #: the other facts of the forget set (see `calibration_peers`).
 CALIBRATION_FACTS = 48
-ModelLike = HFModel | str
+ModelLike = HFModel | OpenAIModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
 
-_LOADED: dict[tuple[str, str | None], HFModel] = {}
+_LOADED: dict[tuple[str, str | None], HFModel | OpenAIModel] = {}
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
-def load_model(model: ModelLike, *, device: str | None = None) -> HFModel:
-    """A loaded model for a spec string (loaded once a process) or the model itself."""
-    if isinstance(model, HFModel):
+def load_model(model: ModelLike, *, device: str | None = None) -> HFModel | OpenAIModel:
+    """A loaded model for a spec string (loaded once a process) or the model itself.
+
+    ``openai:<name>@<base_url>`` is an OpenAI-compatible endpoint (a black box); any other spec
+    is a Hugging Face checkpoint (see `unlearncheck.specs.resolve_spec`).
+    """
+    if isinstance(model, HFModel | OpenAIModel):
         return model
     key = (model, device)
     if key not in _LOADED:
-        _LOADED[key] = HFModel.load(model, device=device)
+        _LOADED[key] = (
+            OpenAIModel.from_spec(model)
+            if is_openai_spec(model)
+            else HFModel.load(model, device=device)
+        )
     return _LOADED[key]
 
 
@@ -187,7 +196,7 @@ class _Session:
     def fill_outputs(self, outcomes: Iterable[AttackOutcome], max_new_tokens: int = 8) -> None:
         """Greedy outputs of the model for the strongest evidence of significant outcomes."""
         targets = [o for o in outcomes if o.significant and o.evidence and not o.evidence[0].output]
-        if not targets or not isinstance(self.models.model, HFModel):
+        if not targets or not isinstance(self.models.model, HFModel | OpenAIModel):
             return
         prompts = [o.evidence[0].probe.prompt for o in targets]
         texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
@@ -404,6 +413,13 @@ def _run_attack(
         return session, session.judge(
             attack.name, probes, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
+    if isinstance(attack, ModelAttack | HiddenProbeAttack) and not isinstance(
+        models.model, HFModel
+    ):
+        reason = f"needs weights: {models.model.spec} is an API endpoint"
+        return _Session(models, scorer, log), {
+            f.id: AttackOutcome(attack.name, "not run", reason=reason) for f in facts
+        }
     if isinstance(attack, SamplingAttack):
         return _Session(models, scorer, log), _run_sampling(attack, facts, ctx, models, alpha=alpha)
     if isinstance(attack, HiddenProbeAttack):
@@ -419,6 +435,12 @@ def _as_hf(model: ScoringModel | None, role: str, attack: str) -> HFModel | None
     if model is None or isinstance(model, HFModel):
         return model
     raise TypeError(f"attack {attack} needs a Hugging Face model as {role}, got {model.spec}")
+
+
+def _as_sampler(model: ScoringModel | None) -> HFModel | OpenAIModel | None:
+    if model is None or isinstance(model, HFModel | OpenAIModel):
+        return model
+    raise TypeError(f"sampling needs a model that generates, got {model.spec}")
 
 
 def _mean_target(scorer: Scorer, model: ScoringModel, probes: list[Probe]) -> float | None:
@@ -553,8 +575,7 @@ def _run_sampling(
     alpha: float,
 ) -> dict[str, AttackOutcome]:
     """Judge every fact's sampled leak rates against their baselines, with pooled bounds."""
-    model = _as_hf(models.model, "model", attack.name)
-    reference = _as_hf(models.reference, "reference", attack.name)
+    model, reference = _as_sampler(models.model), _as_sampler(models.reference)
     assert model is not None
     probes = {f.id: attack.probes(f, ctx) for f in facts}
     flat = [p for ps in probes.values() for p in ps]

@@ -42,6 +42,7 @@ def _validity(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
+    from unlearncheck.backends.hf import HFModel
     from unlearncheck.claims import load_model
     from unlearncheck.facts import load_facts
     from unlearncheck.organism import zoo_dir
@@ -59,7 +60,13 @@ def _metrics(args: argparse.Namespace) -> int:
         facts_path = zoo_dir(0) / "facts.jsonl"
     start = time.perf_counter()
     facts = load_facts(facts_path)
-    cards = scorecards([load_model(m) for m in args.models], load_model(args.reference), facts)
+    loaded = [load_model(spec) for spec in specs]
+    black_boxes = [m.spec for m in loaded if not isinstance(m, HFModel)]
+    if black_boxes:
+        print(f"unlearncheck metrics: needs weights: {', '.join(black_boxes)}", file=sys.stderr)
+        return 2
+    hf = [m for m in loaded if isinstance(m, HFModel)]
+    cards = scorecards(hf[:-1], hf[-1], facts)
     print(f"metrics against reference {args.reference} on {facts_path}")
     print(format_scorecards(cards))
     write_scorecards(cards, args.json)

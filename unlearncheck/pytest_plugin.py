@@ -28,6 +28,7 @@ from unlearncheck import events
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
+    from unlearncheck.backends.openai_api import OpenAIModel
     from unlearncheck.facts import FactSet
     from unlearncheck.runlog import RunLog
     from unlearncheck.verdict import Verdict
@@ -218,7 +219,7 @@ def _share_cpu(config: pytest.Config) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
-def _load(config: pytest.Config, spec: str | None) -> HFModel | None:
+def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | None:
     if spec is None:
         return None
     from unlearncheck.claims import load_model
@@ -234,7 +235,7 @@ def uc_options(pytestconfig: pytest.Config) -> Options:
 
 
 @pytest.fixture(scope="session")
-def unlearned(pytestconfig: pytest.Config) -> HFModel:
+def unlearned(pytestconfig: pytest.Config) -> HFModel | OpenAIModel:
     """The model under test (``--uc-model``), loaded once per worker."""
     spec = get_options(pytestconfig).model
     if spec is None:
@@ -245,13 +246,13 @@ def unlearned(pytestconfig: pytest.Config) -> HFModel:
 
 
 @pytest.fixture(scope="session")
-def original(pytestconfig: pytest.Config) -> HFModel | None:
+def original(pytestconfig: pytest.Config) -> HFModel | OpenAIModel | None:
     """The model before unlearning (``--uc-original``), or None."""
     return _load(pytestconfig, get_options(pytestconfig).original)
 
 
 @pytest.fixture(scope="session")
-def reference(pytestconfig: pytest.Config) -> HFModel | None:
+def reference(pytestconfig: pytest.Config) -> HFModel | OpenAIModel | None:
     """The retrained reference model (``--uc-reference``), or None."""
     return _load(pytestconfig, get_options(pytestconfig).reference)
 
@@ -374,9 +375,12 @@ class Collector:
         if report.when != "teardown":
             return
         del self.tests[report.nodeid]
-        # A claim run again within one test (hypothesis replays the example that failed) counts
-        # once, with its last verdict.
-        last = {str(v.get("claim")): v for v in verdicts_of(report)}
+        # A claim run again within one test with the same configuration (hypothesis replays the
+        # example that failed) counts once, with its last verdict.
+        last = {
+            (str(v.get("claim")), json.dumps(v.get("config"), sort_keys=True, default=str)): v
+            for v in verdicts_of(report)
+        }
         for verdict in last.values():
             self.write(verdict, report.nodeid, test)
             self.seconds[report.nodeid] = test.duration

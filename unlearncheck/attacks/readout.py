@@ -24,6 +24,7 @@ from unlearncheck.attacks.input import (
     paraphrase,
 )
 from unlearncheck.backends.hf import AnswerScore, HFModel
+from unlearncheck.backends.openai_api import OpenAIModel
 from unlearncheck.facts import Fact
 from unlearncheck.judge import ProbeScores, clopper_pearson_upper
 from unlearncheck.metrics import rouge_l
@@ -143,7 +144,7 @@ class SampledProbe:
 
 
 def sample_probes(
-    attack: SamplingAttack, model: HFModel, probes: Sequence[Probe], seed: int
+    attack: SamplingAttack, model: HFModel | OpenAIModel, probes: Sequence[Probe], seed: int
 ) -> list[SampledProbe]:
     """Sample every probe and its control prompts on ``model``; count answer mentions."""
     options: dict[str, Any] = {
