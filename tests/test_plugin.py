@@ -183,6 +183,9 @@ def test_npo_gd_fails_and_xdist_gives_the_same_verdicts(
     parallel.stdout.fnmatch_lines(["claims: 0 passed, 2 failed*"])
     records = list(read_runlog(log))
     assert [r["kind"] for r in records].count("run") == 1  # one log, by the controller
+    cases = [r for r in records if r["kind"] == "case"]  # every probe, from both workers
+    assert {c["fact_id"] for c in cases} == {f for v in _verdicts(log) for f in _fact_ids(v)}
+    assert len(cases) >= 2 * 12 and not list(log.parent.glob(".*.cases"))
     assert {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)} == statuses
     assert (suite / "reports" / "unlearncheck.html").exists()
 
@@ -212,6 +215,10 @@ def test_a_claim_replayed_within_a_test_is_reported_once(
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     verdicts = _verdicts(pytester.path / "reports" / "unlearncheck.jsonl")
     assert sorted(v["claim"] for v in verdicts) == ["other", "other", "replayed"]
+
+
+def _fact_ids(verdict: dict[str, Any]) -> list[str]:
+    return [f["fact_id"] for f in verdict["facts"]]
 
 
 def _record(test: str, seconds: float, outcomes: dict[str, str]) -> dict[str, Any]:

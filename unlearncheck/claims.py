@@ -60,6 +60,17 @@ _LOADED: dict[tuple[str, str | None], HFModel | OpenAIModel] = {}
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
+_case_log: RunLog | None = None
+
+
+def set_case_log(path: str | Path | None) -> None:
+    """The run log of claims given no ``runlog`` (the pytest plugin's per-process case log)."""
+    global _case_log
+    if _case_log is not None:
+        _case_log.close()
+    _case_log = RunLog(path) if path is not None else None
+
+
 def load_model(model: ModelLike, *, device: str | None = None) -> HFModel | OpenAIModel:
     """A loaded model for a spec string (loaded once a process) or the model itself.
 
@@ -234,7 +245,7 @@ def _prepare(
         load_model(reference, device=device) if reference is not None else None,
         load_model(original, device=device) if original is not None else None,
     )
-    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
+    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog or _case_log
     return claim_facts, ctx, models, log
 
 
@@ -259,7 +270,7 @@ def _finish(
     if log is not None:
         for fact in verdicts:
             for outcome in fact.attacks:
-                for result in outcome.evidence:
+                for result in outcome.cases or outcome.evidence:
                     log.write(
                         "case",
                         {

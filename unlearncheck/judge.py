@@ -338,6 +338,7 @@ def decide(
         "null_n": len(pool),
         "excluded": group.excluded,
         "evidence": evidence,
+        "cases": list(group.results),
     }
     if (1 + len(pool)) * alpha < 1:
         return AttackOutcome(

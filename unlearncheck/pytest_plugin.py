@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -174,15 +175,31 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+#: Names the session's case logs; set by the controller, inherited by xdist workers.
+SESSION_ENV = "UNLEARNCHECK_SESSION"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register the collector of verdicts in the controller (or the only process)."""
     if not _is_worker(config):
+        os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
         config.pluginmanager.register(Collector(config), "unlearncheck-collector")
+
+
+def _case_log_path(config: pytest.Config, session: str, process: str) -> Path:
+    """Where one process appends the case records of its claims (merged by the controller)."""
+    main = get_options(config).json
+    return main.with_name(f".{main.name}.{session}.{process}.cases")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Check the options; set the scoring batch size when one is given."""
     options = get_options(session.config)
+    if SESSION_ENV in os.environ:
+        from unlearncheck import claims
+
+        process = getattr(session.config, "workerinput", {}).get("workerid", "main")
+        claims.set_case_log(_case_log_path(session.config, os.environ[SESSION_ENV], process))
     if options.batch_size is not None:
         if options.batch_size < 1:
             raise pytest.UsageError("--uc-batch-size must be at least 1")
@@ -404,6 +421,7 @@ class Collector:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
         """Close the run log and render the HTML report from it."""
+        self._merge_cases()
         if self.log is None:
             return
         self.log.close()
@@ -414,6 +432,20 @@ class Collector:
             self.html = Path(render_report(self.log.path, out))
         except Exception as err:  # a broken renderer must not hide the verdicts
             self.html_error = f"{type(err).__name__}: {err}"
+
+    def _merge_cases(self) -> None:
+        """Append every process's case records to the run log and remove their files."""
+        from unlearncheck import claims
+        from unlearncheck.runlog import read_runlog
+
+        claims.set_case_log(None)
+        pattern = _case_log_path(self.config, os.environ.get(SESSION_ENV, ""), "*").name
+        for shard in sorted(get_options(self.config).json.parent.glob(pattern)):
+            if self.log is not None:
+                for record in read_runlog(shard):
+                    if record.pop("kind", None) == "case":
+                        self.log.write("case", record)
+            shard.unlink()
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """The unlearncheck section: claims, attacks, where the report is (when claims ran)."""

@@ -79,12 +79,12 @@ class RunLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = None
         self._models: set[str] = set()
 
     def _handle(self) -> TextIO:
         if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             if new:
@@ -101,12 +101,12 @@ class RunLog:
         return self._file
 
     def write(self, kind: str, record: dict[str, Any]) -> None:
-        """Append one record of ``kind`` (secrets redacted) and flush it to disk."""
+        """Append one record of ``kind`` (secrets redacted) and flush it to the OS, so a killed
+        process loses nothing written (the file is synced to disk on `close`)."""
         handle = self._handle()
         line = json.dumps({"kind": kind, **redact(record)}, ensure_ascii=False, default=str)
         handle.write(line + "\n")
         handle.flush()
-        os.fsync(handle.fileno())
 
     def model(self, role: str, spec: str, content_hash: str) -> None:
         """Record a model's identity once per run log."""
@@ -118,6 +118,8 @@ class RunLog:
     def close(self) -> None:
         """Close the file (records are already on disk)."""
         if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
 

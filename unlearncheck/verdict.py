@@ -71,6 +71,7 @@ class AttackOutcome:
         evidence: The strongest probe results (largest delta first).
         excluded: Probes left out because the original does not know them.
         extra: Attack-specific evidence (e.g. quantization codes changed, relearning gains).
+        cases: Every probe result judged (written to the run log as cases; not in `to_dict`).
     """
 
     attack: str
@@ -86,9 +87,10 @@ class AttackOutcome:
     evidence: list[ProbeResult] = field(default_factory=list)
     excluded: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    cases: list[ProbeResult] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (without ``cases``)."""
         return {
             "attack": self.attack,
             "outcome": self.outcome,
