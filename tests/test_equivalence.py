@@ -23,20 +23,11 @@ from unlearncheck.equivalence import (
     fade,
 )
 from unlearncheck.facts import Fact
+from unlearncheck.organism import VARIANTS
 from unlearncheck.report import render_report
 from unlearncheck.runlog import read_runlog
 from unlearncheck.verdict import Verdict
 
-VARIANTS = (
-    "original",
-    "gold",
-    "graddiff",
-    "npo_gd",
-    "head_only",
-    "qa_form_only",
-    "quant_fragile",
-    "multihop_shallow",
-)
 # 24 forget questions × 8 samples × 16 tokens: every FADE below takes about a second on one core.
 PROMPTS, N, MAX_NEW_TOKENS = 24, 8, 16
 
