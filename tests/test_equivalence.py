@@ -193,10 +193,10 @@ def test_fade_of_a_model_with_itself_is_exactly_zero(zoo: Path, prompts: list[st
     assert again == result  # seeded: the same samples, the same numbers
 
 
-def test_models_of_different_zoos_are_refused(zoo: Path, prompts: list[str]) -> None:
-    from unlearncheck.organism import zoo_dir
-
-    other = load_model(str(zoo_dir(1) / "gold"))  # its own vocabulary
+def test_models_of_different_vocabularies_are_refused(
+    zoo: Path, tiny_checkpoint: Path, prompts: list[str]
+) -> None:
+    other = load_model(str(tiny_checkpoint))  # a tiny GPT-2 with its own word-level vocabulary
     with pytest.raises(ValueError, match="different vocabularies"):
         fade(model(zoo, "gold"), other, prompts[:1], n=1)
 
