@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,17 +110,15 @@ def calibration_peers(claim: FactSet, context: FactSet, seed: int) -> FactSet:
     if missing <= 0:
         return FactSet()
     relations = {f.relation for f in claim}
-    others = sorted((f for f in context if f.split == "forget" and f.id not in claim), key=_id)
+    others = sorted(
+        (f for f in context if f.split == "forget" and f.id not in claim), key=attrgetter("id")
+    )
     rng = random.Random(f"{seed}|calibration")
     chosen: list[Fact] = []
     for same in (True, False):  # peers asking the claim's relations first (`chance_pools`)
         pool = [f for f in others if (f.relation in relations) == same]
         chosen += rng.sample(pool, min(missing - len(chosen), len(pool)))
-    return FactSet(sorted(chosen, key=_id))
-
-
-def _id(fact: Fact) -> str:
-    return fact.id
+    return FactSet(sorted(chosen, key=attrgetter("id")))
 
 
 def _strata(ctx: ProbeContext) -> dict[str, str]:

@@ -175,7 +175,7 @@ class HFModel:
         self._score_single_tokens(encoded, by_context, scores, batch_size)
         longer = [i for i, (_, answer) in enumerate(encoded) if len(answer) > 1]
         order = sorted(longer, key=lambda i: -sum(map(len, encoded[i])))
-        for batch in _chunks(order, batch_size):
+        for batch in chunks(order, batch_size):
             # The last answer token is never an input: nothing is predicted from it.
             inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
             ids, mask = self._pad(inputs, left=False)
@@ -205,7 +205,7 @@ class HFModel:
     ) -> None:
         """One-token answers: one forward pass per distinct context serves all its answers."""
         contexts = sorted(by_context, key=len, reverse=True)
-        for batch in _chunks(contexts, batch_size):
+        for batch in chunks(contexts, batch_size):
             ids, mask = self._pad([list(c) for c in batch], left=False)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
@@ -259,14 +259,14 @@ class HFModel:
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            for batch in _chunks(list(prompts), batch_size):
+            for batch in chunks(list(prompts), batch_size):
                 ids, mask = self._pad(self._encode(batch), left=True)
                 with torch.inference_mode():
                     out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
                 texts = self.tokenizer.batch_decode(
                     out[:, ids.shape[1] :], skip_special_tokens=True
                 )
-                results.extend(_chunks(texts, num_samples))
+                results.extend(chunks(texts, num_samples))
         return results
 
     def hidden_states(
@@ -288,7 +288,7 @@ class HFModel:
             float32 array of shape [n_prompts, n_layers, hidden_size].
         """
         rows: list[np.ndarray] = []
-        for batch in _chunks(list(prompts), batch_size):
+        for batch in chunks(list(prompts), batch_size):
             encoded = self._encode(batch)
             ids, mask = self._pad(encoded, left=False)
             with torch.inference_mode():
@@ -345,6 +345,6 @@ class HFModel:
         return ids.to(self.device), mask.to(self.device)
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    """Consecutive slices of at most ``size`` items."""
+def chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of at most ``size`` items (the batches of every backend)."""
     return (items[start : start + size] for start in range(0, len(items), size))

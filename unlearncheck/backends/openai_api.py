@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from unlearncheck.backends.hf import AnswerScore
+from unlearncheck.backends.hf import AnswerScore, chunks
 from unlearncheck.specs import ModelSpecError
 
 PREFIX = "openai:"
@@ -80,7 +80,7 @@ class OpenAIModel:
             ValueError: If the server returns no log-probabilities or no answer token.
         """
         out: list[AnswerScore] = []
-        for batch in _chunks(list(requests), batch_size):
+        for batch in chunks(list(requests), batch_size):
             response = self._client.completions.create(
                 model=self.name,
                 prompt=[prompt + answer for prompt, answer in batch],
@@ -108,7 +108,7 @@ class OpenAIModel:
     ) -> list[list[str]]:
         """Per prompt, ``num_samples`` continuations (greedy at temperature 0 unless sampling)."""
         results: list[list[str]] = []
-        for batch in _chunks(list(prompts), batch_size):
+        for batch in chunks(list(prompts), batch_size):
             response = self._client.completions.create(
                 model=self.name,
                 prompt=list(batch),
@@ -146,7 +146,3 @@ def _answer_score(prompt: str, answer: str, logprobs: Any) -> AnswerScore:
     if n == 0:
         raise ValueError(f"answer {answer!r} got no tokens after prompt {prompt!r}")
     return AnswerScore(total, n, greedy)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    return (items[start : start + size] for start in range(0, len(items), size))
