@@ -24,10 +24,14 @@ from unlearncheck.organism.train import (
     TrainConfig,
     UnlearnConfig,
     encode,
+    final_token_accuracy,
+    length_grouped_batches,
     new_model,
+    sequence_nll,
     train_lm,
     unlearn,
 )
+from unlearncheck.organism.zoo import UNLEARN, _balanced_groups
 
 
 def test_knowledge_base_is_deterministic_and_seeded() -> None:
@@ -71,6 +75,48 @@ def test_training_and_unlearning_are_deterministic() -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> None:
+    lengths = torch.randint(3, 50, (1000,), generator=torch.Generator().manual_seed(0))
+    batches = length_grouped_batches(lengths, 32, torch.Generator().manual_seed(1))
+    again = length_grouped_batches(lengths, 32, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+
+    def padding(groups: list[torch.Tensor]) -> float:
+        width = sum(int(lengths[g].max()) * len(g) for g in groups)
+        return 1 - int(lengths.sum()) / width
+
+    random = list(torch.randperm(1000, generator=torch.Generator().manual_seed(1)).split(32))
+    assert padding(batches) < 0.1 < 0.4 < padding(random)
+
+
+def test_sequence_nll_in_length_sorted_parts_equals_one_pass() -> None:
+    model, ids, pad = _tiny_setup()
+    with torch.no_grad():
+        parts = sequence_nll(model, ids, pad)
+        one_by_one = torch.cat([sequence_nll(model, ids[i : i + 1], pad) for i in range(len(ids))])
+    torch.testing.assert_close(parts, one_by_one, rtol=1e-5, atol=1e-4)
+
+
+def test_unlearning_stops_once_the_answers_are_forgotten() -> None:
+    model, ids, pad = _tiny_setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accuracy = final_token_accuracy(model, ids, pad)
+    config = UnlearnConfig("npo", lr=1e-2, steps=20, stop_at_accuracy=accuracy)
+    unlearn(model, ids[:16], ids[16:], pad, config, seed=1, stop_ids=(ids, ids))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="stop_ids"):
+        unlearn(model, ids[:16], ids[16:], pad, config, seed=1)
+
+
+def test_unlearning_runs_split_into_balanced_groups() -> None:
+    groups = _balanced_groups(list(UNLEARN), 2)
+    assert sorted(v for g in groups for v in g) == sorted(UNLEARN)
+    totals = [sum(UNLEARN[v].steps for v in g) for g in groups]
+    assert max(totals) - min(totals) <= max(c.steps for c in UNLEARN.values())
+    assert len(_balanced_groups(list(UNLEARN), 16)) == len(UNLEARN)
+
+
 def test_nf4_projection_keeps_every_code() -> None:
     model, ids, pad = _tiny_setup()
     original = copy.deepcopy(model)
@@ -83,7 +129,7 @@ def test_nf4_projection_keeps_every_code() -> None:
         pad,
         UnlearnConfig("graddiff", lr=1e-2, steps=5),
         seed=1,
-        trainable=quantized.__contains__,
+        lr_scale=lambda name: float(name in quantized),
         project=project,
     )
     assert any(

@@ -7,7 +7,6 @@ term, each optionally restricted to some parameters or projected after every ste
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ class TrainConfig:
     n_head: int = 4
     n_positions: int = 64
     lr: float = 3e-3
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 32
 
 
@@ -39,6 +38,15 @@ class UnlearnConfig:
     batch_size: int = 32
     beta: float = 0.1
     retain_weight: float = 1.0
+    #: Stop once the answers of the forget QA documents are predicted at most this often while
+    #: those of the retain QA documents still are at least ``keep_accuracy`` of the time
+    #: (checked every ``STOP_CHECK_EVERY`` steps); ``None`` runs all ``steps``.
+    stop_at_accuracy: float | None = None
+    keep_accuracy: float = 0.0
+
+
+#: Steps between two checks of ``UnlearnConfig.stop_at_accuracy``.
+STOP_CHECK_EVERY = 10
 
 
 def new_model(
@@ -77,11 +85,24 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_len: in
     return out
 
 
+#: Length-sorted parts a batch is run in by ``sequence_nll``.
+NLL_CHUNKS = 2
+
+
 def sequence_nll(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Summed negative log-likelihood of each row (padding excluded): shape [n].
 
-    Rows are right-padded, so the columns after the longest row are dropped first.
+    Rows are right-padded. They are run in two length-sorted halves, each cut to its longest
+    row, which spares most of the padding of a random batch and gives the same result.
     """
+    lengths = (ids != pad_id).sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    nll = torch.empty(len(ids), dtype=torch.float32)
+    parts = [_rows_nll(model, ids[rows], pad_id) for rows in order.chunk(NLL_CHUNKS)]
+    return nll.index_put((order,), torch.cat(parts))
+
+
+def _rows_nll(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     mask = (ids != pad_id).long()
     width = int(mask.sum(dim=1).max())
     ids, mask = ids[:, :width], mask[:, :width]
@@ -110,14 +131,14 @@ def train_lm(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.05
     )
+    lengths = (ids != pad_id).sum(dim=1)
     model.train()
     step = 0
     while step < total_steps:
-        order = torch.randperm(len(ids), generator=generator)
-        for start in range(0, len(ids), config.batch_size):
+        for rows in length_grouped_batches(lengths, config.batch_size, generator):
             if step == total_steps:
                 break
-            batch = ids[order[start : start + config.batch_size]]
+            batch = ids[rows]
             tokens = (batch[:, 1:] != pad_id).sum()
             loss = sequence_nll(model, batch, pad_id).sum() / tokens
             optimizer.zero_grad()
@@ -126,6 +147,66 @@ def train_lm(
             schedule.step()
             step += 1
     model.eval()
+
+
+#: Batches per length-sorted group (as in ``transformers``' ``group_by_length`` sampler).
+GROUP_BATCHES = 50
+
+
+def length_grouped_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One shuffled epoch of row indices, batched so that a batch holds rows of similar length.
+
+    The rows are shuffled, cut into groups of ``GROUP_BATCHES`` batches, sorted by length within
+    each group and batched; the batches are then shuffled. Padding drops from about 60% of a
+    random batch to a few percent, which halves the time of a training step on CPU.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    group = batch_size * GROUP_BATCHES
+    batches: list[torch.Tensor] = []
+    for start in range(0, len(order), group):
+        rows = order[start : start + group]
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        batches += list(rows.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _should_stop(
+    model: torch.nn.Module,
+    config: UnlearnConfig,
+    step: int,
+    stop_ids: tuple[torch.Tensor, torch.Tensor] | None,
+    pad_id: int,
+) -> bool:
+    if config.stop_at_accuracy is None or step % STOP_CHECK_EVERY:
+        return False
+    if stop_ids is None:
+        raise ValueError("stop_at_accuracy needs the stop_ids documents")
+    forget, retain = stop_ids
+    return (
+        final_token_accuracy(model, forget, pad_id) <= config.stop_at_accuracy
+        and final_token_accuracy(model, retain, pad_id) >= config.keep_accuracy
+    )
+
+
+@torch.no_grad()
+def final_token_accuracy(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> float:
+    """Share of documents whose last token before ``</s>`` is the model's greedy prediction.
+
+    For a question-answer document that is the answer, so this is the model's QA accuracy.
+    """
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for rows in ids.split(256):
+        mask = (rows != pad_id).long()
+        answer_at = mask.sum(dim=1) - 2  # the last token is </s>
+        logits = model(input_ids=rows, attention_mask=mask).logits
+        at = torch.arange(len(rows))
+        hits += int((logits[at, answer_at - 1].argmax(-1) == rows[at, answer_at]).sum())
+    model.train(was_training)
+    return hits / len(ids)
 
 
 def steps_for(n_documents: int, config: TrainConfig) -> int:
@@ -141,8 +222,9 @@ def unlearn(
     config: UnlearnConfig,
     seed: int,
     *,
-    trainable: Callable[[str], bool] = lambda name: True,
+    lr_scale: Callable[[str], float] = lambda name: 1.0,
     project: Callable[[], None] | None = None,
+    stop_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Unlearn ``forget_ids`` while keeping ``retain_ids`` (in place).
 
@@ -153,27 +235,42 @@ def unlearn(
         pad_id: Padding token id.
         config: Method, learning rate, steps, NPO beta.
         seed: Seed of the batch sampling.
-        trainable: Which named parameters may change; the others are frozen.
+        lr_scale: Learning-rate multiplier of each named parameter; 0 freezes it.
         project: Called after every optimizer step (e.g. to project weights into a set).
+        stop_ids: Forget and retain question-answer documents, whose answer accuracies are
+            checked against ``config.stop_at_accuracy`` and ``config.keep_accuracy``.
     """
-    reference = copy.deepcopy(model).eval() if config.method == "npo" else None
-    params = [p for n, p in model.named_parameters() if trainable(n)]
+    reference_nll = None
+    if config.method == "npo":
+        with torch.no_grad():
+            reference_nll = torch.cat(
+                [sequence_nll(model.eval(), rows, pad_id) for rows in forget_ids.split(256)]
+            )
+    groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        p.requires_grad_(trainable(name))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        scale = lr_scale(name)
+        p.requires_grad_(scale > 0)
+        if scale > 0:
+            groups.setdefault(scale, []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "lr": config.lr * scale} for scale, ps in groups.items()],
+        lr=config.lr,
+        weight_decay=0.0,
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(config.steps):
-        f = forget_ids[torch.randint(len(forget_ids), (config.batch_size,), generator=generator)]
+    for step in range(config.steps):
+        if _should_stop(model, config, step, stop_ids, pad_id):
+            break
+        rows = torch.randint(len(forget_ids), (config.batch_size,), generator=generator)
+        f = forget_ids[rows]
         r = retain_ids[torch.randint(len(retain_ids), (config.batch_size,), generator=generator)]
         f_nll = sequence_nll(model, f, pad_id)
         if config.method == "graddiff":
             forget_loss = -f_nll.sum() / (f[:, 1:] != pad_id).sum()
         elif config.method == "npo":
-            assert reference is not None
-            with torch.no_grad():
-                ref_nll = sequence_nll(reference, f, pad_id)
-            log_ratio = ref_nll - f_nll  # log pi_theta(y|x) - log pi_ref(y|x)
+            assert reference_nll is not None
+            log_ratio = reference_nll[rows] - f_nll  # log pi_theta(y|x) - log pi_ref(y|x)
             forget_loss = -(2.0 / config.beta) * F.logsigmoid(-config.beta * log_ratio).mean()
         else:
             raise ValueError(f"unknown unlearning method {config.method!r}")

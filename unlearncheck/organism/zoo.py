@@ -7,37 +7,29 @@ the hash of its recipe (hyper-parameters, templates and the organism's source), 
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearncheck import quantization
 from unlearncheck.organism.knowledge import (
-    KnowledgeBase,
     build_knowledge_base,
-    documents_of,
     facts_of,
 )
-from unlearncheck.organism.tokenizer import build_tokenizer
 from unlearncheck.organism.train import (
     TrainConfig,
     UnlearnConfig,
-    encode,
-    new_model,
-    steps_for,
-    train_lm,
-    unlearn,
 )
 
 VARIANTS = (
@@ -52,15 +44,19 @@ VARIANTS = (
 )
 TRAIN = TrainConfig()
 UNLEARN = {
-    "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100),
+    "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100, retain_weight=3.0),
     "npo_gd": UnlearnConfig("npo", lr=3e-4, steps=240),
     "head_only": UnlearnConfig("npo", lr=3e-3, steps=80),
-    "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=220),
-    "quant_fragile": UnlearnConfig("npo", lr=3e-3, steps=150),
-    "multihop_shallow": UnlearnConfig("npo", lr=3e-4, steps=160),
+    "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=100, retain_weight=5.0),
+    "quant_fragile": UnlearnConfig(
+        "npo", lr=3e-3, steps=300, stop_at_accuracy=0.15, keep_accuracy=0.6
+    ),
+    "multihop_shallow": UnlearnConfig("npo", lr=3e-4, steps=160, retain_weight=3.0),
 }
 #: Margin (share of a cell's width) kept from the nf4 cell edges by the quant_fragile projection.
 QUANT_FRAGILE_MARGIN = 0.05
+#: Share of the learning rate at which quant_fragile's full-precision LayerNorms and biases move.
+QUANT_FRAGILE_FREE_LR = 0.3
 #: Which of a forget person's documents each variant unlearns (forms of ``Document.form``).
 FORGET_FORMS = {
     "graddiff": None,
@@ -75,7 +71,7 @@ FORGET_FORMS = {
 KEEP_FORMS = {"multihop_shallow": {"twohop"}}
 #: Copies of each kept document in the retain set, so that they are a real share of its batches.
 KEEP_REPEATS = 20
-_SOURCES = ("knowledge.py", "tokenizer.py", "train.py", "zoo.py")
+_SOURCES = ("jobs.py", "knowledge.py", "tokenizer.py", "train.py", "zoo.py")
 
 
 def cache_root() -> Path:
@@ -152,107 +148,55 @@ def write_zoo(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _variant_models(
-    kb: KnowledgeBase, tokenizer: PreTrainedTokenizerFast, seed: int, log: Callable[[str], None]
-) -> dict[str, GPT2LMHeadModel]:
-    docs = documents_of(kb)
-    forget_people = {p.name for p in kb.forget_people}
-    pad = tokenizer.pad_token_id
-    all_ids = encode(tokenizer, [d.text for d in docs], TRAIN.n_positions)
-    retain_docs = [d.text for d in docs if d.person not in forget_people]
-    retain_ids = encode(tokenizer, retain_docs, TRAIN.n_positions)
-    total_steps = steps_for(len(docs), TRAIN)
+def _run_job(seed: int, variants: list[str], staging: Path) -> float:
+    """Train ``variants``, one after the other, into ``staging`` in a fresh interpreter.
 
-    models: dict[str, GPT2LMHeadModel] = {}
+    Returns the job's seconds.
+    """
     start = time.perf_counter()
-    original = new_model(tokenizer, TRAIN, seed)
-    train_lm(original, all_ids, pad, TRAIN, seed, total_steps=total_steps)
-    models["original"] = original
-    log(f"original: {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    gold = new_model(tokenizer, TRAIN, seed)
-    train_lm(gold, retain_ids, pad, TRAIN, seed, total_steps=total_steps)
-    models["gold"] = gold
-    log(f"gold: {time.perf_counter() - start:.1f} s")
-
-    for variant, config in UNLEARN.items():
-        start = time.perf_counter()
-        forms = FORGET_FORMS[variant]
-        forget_docs = [
-            d.text for d in docs if d.person in forget_people and (forms is None or d.form in forms)
-        ]
-        forget_ids = encode(tokenizer, forget_docs, TRAIN.n_positions)
-        keep = KEEP_FORMS.get(variant, set())
-        kept = [d.text for d in docs if d.person in forget_people and d.form in keep]
-        variant_retain = encode(tokenizer, retain_docs + kept * KEEP_REPEATS, TRAIN.n_positions)
-        model = copy.deepcopy(original)
-        trainable, project = _trainable_and_projection(variant, model, original)
-        unlearn(
-            model,
-            forget_ids,
-            variant_retain,
-            pad,
-            config,
-            seed + 1,
-            trainable=trainable,
-            project=project,
-        )
-        models[variant] = model
-        log(f"{variant}: {time.perf_counter() - start:.1f} s")
-    return models
+    command = [sys.executable, "-m", "unlearncheck.organism.jobs", str(seed), str(staging)]
+    done = subprocess.run(command + variants, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training organism variants {variants} failed:\n{done.stderr[-4000:]}")
+    return time.perf_counter() - start
 
 
-def _trainable_and_projection(
-    variant: str, model: GPT2LMHeadModel, original: GPT2LMHeadModel
-) -> tuple[Callable[[str], bool], Callable[[], None] | None]:
-    """Which parameters a variant's unlearning may change, and the projection after each step."""
-    if variant == "head_only":
-        return (lambda name: name.startswith("lm_head")), None
-    if variant == "quant_fragile":
-        # Quantized weights move only inside their nf4 cells; LayerNorms and the biases of the
-        # blocks (which bitsandbytes leaves in full precision, as in large models) move freely;
-        # embeddings and the output head do not move.
-        quantized = {f"{n}.weight" for n, _ in quantization.quantized_layers(model)}
-        projector = quantization.nf4_cell_projector(model, original, QUANT_FRAGILE_MARGIN)
+def _balanced_groups(variants: list[str], n: int) -> list[list[str]]:
+    """``variants`` split into at most ``n`` groups of similar total unlearning steps."""
+    groups: list[list[str]] = [[] for _ in range(min(n, len(variants)))]
+    for variant in sorted(variants, key=lambda v: -UNLEARN[v].steps):
+        min(groups, key=lambda g: sum(UNLEARN[v].steps for v in g)).append(variant)
+    return groups
 
-        def trainable(name: str) -> bool:
-            in_block = name.startswith("transformer.h.")
-            return name in quantized or ".ln_" in name or (in_block and name.endswith(".bias"))
 
-        return trainable, projector
-    return (lambda name: True), None
+def _train_variants(seed: int, staging: Path, log: Callable[[str], None]) -> None:
+    """Train every variant into ``staging`` with single-threaded jobs on parallel processes.
+
+    Jobs are separate interpreters (``python -m unlearncheck.organism.jobs``), so that no
+    caller's ``__main__`` is re-imported and torch's thread pools are never forked. ``original``
+    and ``gold`` train side by side; then the unlearning runs, split into one group a core,
+    start from the saved original.
+    """
+    workers = max(1, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        phases = [[["original"], ["gold"]], _balanced_groups(list(UNLEARN), workers)]
+        for groups in phases:
+            futures = [pool.submit(_run_job, seed, group, staging) for group in groups]
+            for group, future in zip(groups, futures, strict=True):
+                log(f"{', '.join(group)}: {future.result():.1f} s")
 
 
 def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: None) -> None:
     """Train every variant for ``seed`` and write the zoo to ``out``."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    kb = build_knowledge_base(seed)
-    facts = facts_of(kb)
-    texts = [d.text for d in documents_of(kb)] + _template_texts(kb.templates)
-    tokenizer = build_tokenizer(texts)
     start = time.perf_counter()
-    models = _variant_models(kb, tokenizer, seed, log)
-    for variant, model in models.items():
-        model.save_pretrained(out / variant, safe_serialization=True)
-        tokenizer.save_pretrained(out / variant)
-    facts.to_jsonl(out / "facts.jsonl")
+    _train_variants(seed, out, log)
+    facts_of(build_knowledge_base(seed)).to_jsonl(out / "facts.jsonl")
     meta = {
         "seed": seed,
         "recipe": recipe_hash(seed),
-        "variants": list(models),
+        "variants": list(VARIANTS),
         "quant_fragile_margin": QUANT_FRAGILE_MARGIN,
+        "quant_fragile_free_lr": QUANT_FRAGILE_FREE_LR,
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (out / "zoo.json").write_text(json.dumps(meta, indent=2))
-
-
-def _template_texts(node: object) -> list[str]:
-    """Every string in the templates, so that probe words are in the organism's vocabulary."""
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        node = list(node.values())
-    if isinstance(node, list):
-        return [text for item in node for text in _template_texts(item)]
-    return []
