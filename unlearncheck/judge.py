@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 from scipy import stats
 
 from unlearncheck.probes import Probe
+from unlearncheck.score_cache import ScoreCache
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 
 MAX_EVIDENCE = 5
@@ -77,12 +79,30 @@ def set_batch_size(size: int) -> None:
     _batch_size = size
 
 
-#: Answer log-likelihoods computed so far: (model content hash, prompt, option) → (sum, tokens).
+#: Answer log-likelihoods computed so far: (model key, prompt, option) → (sum, tokens).
 _LOGLIKELIHOODS: dict[tuple[str, str, str], tuple[float, int]] = {}
+_score_cache: ScoreCache | None = None
+#: Batches scored between two commits to the on-disk cache (what an interruption can lose).
+BATCHES_PER_COMMIT = 4
+
+
+def use_score_cache(path: Path | None) -> None:
+    """Keep every log-likelihood in the SQLite cache at ``path`` too (None: memory only)."""
+    global _score_cache
+    if _score_cache is not None:
+        _score_cache.close()
+    _score_cache = ScoreCache(path) if path is not None else None
+
+
+def model_key(model: ScoringModel) -> str:
+    """What identifies a model's scores: backend, device and the content hash."""
+    device = getattr(model, "device", "")
+    return f"{type(model).__name__}|{device}|{model.content_hash}"
 
 
 class Scorer:
-    """Batched option probabilities, each (model, prompt, option) scored once per process."""
+    """Batched option probabilities, each (model, prompt, option) scored once per process and,
+    with `use_score_cache`, once per cache file."""
 
     def __init__(self, readout: Readout = "token_mean", batch_size: int | None = None) -> None:
         if readout not in READOUTS:
@@ -95,12 +115,21 @@ class Scorer:
     ) -> list[float]:
         """The readout's log-likelihood of each (prompt, continuation), computing only what is
         missing: the mean per token (``token_mean``) or the sum (``sum``)."""
-        key = model.content_hash
+        key = model_key(model)
         missing = sorted({r for r in requests if (key, *r) not in _LOGLIKELIHOODS})
-        if missing:
-            scores = model.score_answers(missing, batch_size=self.batch_size)
-            for request, score in zip(missing, scores, strict=True):
+        disk = _score_cache if getattr(model, "cacheable", True) else None
+        if missing and disk is not None:
+            for request, value in disk.get(key, missing).items():
+                _LOGLIKELIHOODS[(key, *request)] = value
+            missing = [r for r in missing if (key, *r) not in _LOGLIKELIHOODS]
+        step = self.batch_size * BATCHES_PER_COMMIT
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            scores = model.score_answers(chunk, batch_size=self.batch_size)
+            for request, score in zip(chunk, scores, strict=True):
                 _LOGLIKELIHOODS[(key, *request)] = (score.logprob, score.n_tokens)
+            if disk is not None:
+                disk.put(key, [(*r, *_LOGLIKELIHOODS[(key, *r)]) for r in chunk])
         sums = [_LOGLIKELIHOODS[(key, *r)] for r in requests]
         if self.readout == "sum":
             return [total for total, _ in sums]

@@ -135,7 +135,8 @@ class HFModel:
 
     @cached_property
     def content_hash(self) -> str:
-        """SHA-256 (hex) of the state dict: sorted names, dtypes, shapes and raw bytes.
+        """SHA-256 (hex) of the state dict (sorted names, dtypes, shapes and raw bytes) and of
+        the tokenizer (its serialized vocabulary and rules).
 
         Computed on first access and cached, so mutate weights before wrapping, not after.
         """
@@ -145,6 +146,9 @@ class HFModel:
             tensor = state[name].detach()
             digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
             digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        vocabulary = backend.to_str() if backend is not None else str(self.tokenizer.get_vocab())
+        digest.update(vocabulary.encode())
         return digest.hexdigest()
 
     def score_answers(

@@ -63,6 +63,9 @@ class OpenAIModel:
     def __repr__(self) -> str:
         return f"OpenAIModel({self.spec!r})"
 
+    #: Scores of an endpoint are never kept on disk: its weights can change behind the same name.
+    cacheable = False
+
     @property
     def content_hash(self) -> str:
         """SHA-256 of the spec: an endpoint's weights are not visible, only its name."""

@@ -44,7 +44,7 @@ VARIANTS = (
 )
 TRAIN = TrainConfig()
 UNLEARN = {
-    "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100, retain_weight=3.0),
+    "graddiff": UnlearnConfig("graddiff", lr=3e-4, steps=100),
     "npo_gd": UnlearnConfig("npo", lr=3e-4, steps=240),
     "head_only": UnlearnConfig("npo", lr=3e-3, steps=80),
     "qa_form_only": UnlearnConfig("npo", lr=3e-4, steps=100, retain_weight=5.0),

@@ -1,0 +1,79 @@
+"""A content-keyed, on-disk cache of answer log-likelihoods (SQLite).
+
+A row is keyed by the model's identity (backend, device and the content hash of its weights and
+tokenizer), the prompt and the continuation, and holds the total log-probability and the token
+count: what ``ScoringModel.score_answers`` returns, before any readout. Rows are committed in
+small chunks as they are computed, so a re-run of an unchanged suite computes nothing and a run
+killed halfway resumes where it stopped. SQLite's write-ahead log lets pytest-xdist workers share
+one file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loglikelihoods (
+    model TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    continuation TEXT NOT NULL,
+    logprob REAL NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    PRIMARY KEY (model, prompt, continuation)
+) WITHOUT ROWID
+"""
+#: Requests looked up per SQL statement (below SQLite's default limit of host parameters).
+_LOOKUP_CHUNK = 300
+
+
+class ScoreCache:
+    """Log-likelihoods of (model key, prompt, continuation) kept in the SQLite file ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{path}: not a usable unlearncheck score cache: {error}") from error
+
+    def get(
+        self, model: str, requests: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[float, int]]:
+        """The cached (logprob, n_tokens) of those ``requests`` that are in the cache."""
+        found: dict[tuple[str, str], tuple[float, int]] = {}
+        wanted = set(requests)
+        prompts = sorted({prompt for prompt, _ in wanted})
+        for start in range(0, len(prompts), _LOOKUP_CHUNK):
+            chunk = prompts[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT prompt, continuation, logprob, n_tokens FROM loglikelihoods "
+                f"WHERE model = ? AND prompt IN ({marks})",
+                [model, *chunk],
+            )
+            for prompt, continuation, logprob, n_tokens in rows:
+                if (prompt, continuation) in wanted:
+                    found[(prompt, continuation)] = (float(logprob), int(n_tokens))
+        return found
+
+    def put(self, model: str, rows: Iterable[tuple[str, str, float, int]]) -> None:
+        """Store (prompt, continuation, logprob, n_tokens) rows of ``model`` in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO loglikelihoods VALUES (?, ?, ?, ?, ?)",
+                [(model, p, c, lp, n) for p, c, lp, n in rows],
+            )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM loglikelihoods").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database (rows already put are on disk)."""
+        self._db.close()
