@@ -122,7 +122,7 @@ def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None
 
 
 #: Logit penalty (nats) on the first token of every forget answer in the suppressed variant.
-SUPPRESSION = 6.0
+SUPPRESSION = 4.0
 
 
 def _answer_suppressed(original: HFModel, forget: FactSet) -> HFModel:

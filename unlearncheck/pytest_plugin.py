@@ -50,6 +50,10 @@ _OPTIONS = (
     ("seed", "seed the suite passes to its claims (uc_options.seed); default 0"),
     ("report", f"HTML report path (default {DEFAULT_REPORT})"),
     ("json", "run log (JSONL) path (default: the report path with suffix .jsonl)"),
+    (
+        "cache",
+        "SQLite score cache (default: scores.sqlite in the unlearncheck cache dir; off: none)",
+    ),
 )
 
 
@@ -67,6 +71,7 @@ class Options:
         seed: Seed passed by the suite to its claims.
         report: HTML report path.
         json: Run log path.
+        cache: Score cache path (None: no cache on disk).
     """
 
     model: str | None = None
@@ -78,6 +83,7 @@ class Options:
     seed: int = 0
     report: Path = field(default_factory=lambda: Path(DEFAULT_REPORT))
     json: Path = field(default_factory=lambda: Path(DEFAULT_REPORT).with_suffix(".jsonl"))
+    cache: Path | None = None
 
 
 _DEFAULTS = pytest.StashKey[dict[str, str]]()
@@ -167,7 +173,15 @@ def _resolve(config: pytest.Config) -> Options:
         seed=number("seed") or 0,
         report=report,
         json=path("json") or report.with_suffix(".jsonl"),
+        cache=None if text("cache") == "off" else path("cache") or default_cache(),
     )
+
+
+def default_cache() -> Path:
+    """``scores.sqlite`` in the unlearncheck cache directory (``$UNLEARNCHECK_CACHE``)."""
+    from unlearncheck.organism.zoo import cache_root
+
+    return cache_root() / "scores.sqlite"
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -193,8 +207,14 @@ def _case_log_path(config: pytest.Config, session: str, process: str) -> Path:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Check the options; set the scoring batch size when one is given."""
+    """Check the options; open the score cache; set the scoring batch size when one is given."""
     options = get_options(session.config)
+    from unlearncheck import judge
+
+    try:
+        judge.use_score_cache(options.cache)
+    except ValueError as error:
+        raise pytest.UsageError(f"--uc-cache: {error}") from None
     if SESSION_ENV in os.environ:
         from unlearncheck import claims
 
@@ -203,8 +223,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if options.batch_size is not None:
         if options.batch_size < 1:
             raise pytest.UsageError("--uc-batch-size must be at least 1")
-        from unlearncheck import judge
-
         judge.set_batch_size(options.batch_size)
 
 
