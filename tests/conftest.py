@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,15 @@ def zoo() -> Path:
     from unlearncheck.organism import zoo_dir
 
     return zoo_dir(0)
+
+
+@pytest.fixture
+def scores_in_memory_only() -> Iterator[None]:
+    """Scores are computed in this test, not read from the session's on-disk score cache."""
+    from unlearncheck import judge
+
+    previous = judge.score_cache_path()
+    judge.use_score_cache(None)
+    judge._LOGLIKELIHOODS.clear()
+    yield
+    judge.use_score_cache(previous)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearncheck import ForgettingAssertionError, assert_forgotten, assert_retained, load_facts
+from unlearncheck import (
+    ForgettingAssertionError,
+    assert_forgotten,
+    assert_retained,
+    judge,
+    load_facts,
+)
 from unlearncheck.attacks import direct, paraphrase
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
@@ -101,3 +107,27 @@ def test_the_sum_readout_gives_the_same_verdicts(zoo: Path, forget: FactSet, var
     assert verdicts["sum"].config["readout"] == "sum"
     assert verdicts["sum"].status == verdicts["token_mean"].status
     assert verdicts["sum"].status == ("FAIL" if variant == "original" else "PASS")
+
+
+def test_verdicts_do_not_depend_on_the_batch_size(
+    zoo: Path, forget: FactSet, scores_in_memory_only: None
+) -> None:
+    """qa_form_only leaks some facts and hides others: every fact's status is the same whether
+    probes are scored one at a time, 8 or 64 to a forward pass."""
+    statuses = {}
+    try:
+        for size in (1, 8, 64):
+            judge._LOGLIKELIHOODS.clear()  # score everything again at this batch size
+            judge.set_batch_size(size)
+            verdict = assert_forgotten(
+                str(zoo / "qa_form_only"),
+                forget,
+                attacks=[direct, paraphrase],
+                original=str(zoo / "original"),
+                raise_on_fail=False,
+            )
+            statuses[size] = {v.fact_id: v.status for v in verdict.facts}
+    finally:
+        judge.set_batch_size(64)
+    assert statuses[1] == statuses[8] == statuses[64]
+    assert {"PASS", "FAIL"} <= set(statuses[1].values())

@@ -51,13 +51,11 @@ class CountingModel:
 
 
 @pytest.fixture
-def fresh_judge_cache(tmp_path: Path) -> Iterator[Path]:
-    """An empty in-process cache and a disk cache in ``tmp_path``, both gone afterwards."""
+def fresh_judge_cache(tmp_path: Path, scores_in_memory_only: None) -> Iterator[Path]:
+    """An empty in-process cache and a disk cache in ``tmp_path`` (the session's comes back)."""
     path = tmp_path / "scores.sqlite"
-    judge._LOGLIKELIHOODS.clear()
     judge.use_score_cache(path)
     yield path
-    judge.use_score_cache(None)
     judge._LOGLIKELIHOODS.clear()
 
 

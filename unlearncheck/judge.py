@@ -94,6 +94,11 @@ def use_score_cache(path: Path | None) -> None:
     _score_cache = ScoreCache(path) if path is not None else None
 
 
+def score_cache_path() -> Path | None:
+    """The file of the score cache in use (None: memory only)."""
+    return _score_cache.path if _score_cache is not None else None
+
+
 def model_key(model: ScoringModel) -> str:
     """What identifies a model's scores: its device and content hash (weights, dtypes,
     quantization state and tokenizer)."""

@@ -1,8 +1,9 @@
 """A content-keyed, on-disk cache of answer log-likelihoods (SQLite).
 
-A row is keyed by the model's identity (backend, device and the content hash of its weights and
-tokenizer), the prompt and the continuation, and holds the total log-probability and the token
-count: what ``ScoringModel.score_answers`` returns, before any readout. Rows are committed in
+A row is keyed by the model's identity (device and the content hash of its weights and tokenizer)
+with a digest of the scoring code (``backends/hf.py``, so that an upgrade never reuses scores
+computed another way), the prompt and the continuation. It holds the total log-probability and the
+token count: what ``ScoringModel.score_answers`` returns, before any readout. Rows are committed in
 small chunks as they are computed, so a re-run of an unchanged suite computes nothing and a run
 killed halfway resumes where it stopped. SQLite's write-ahead log lets pytest-xdist workers share
 one file.
@@ -10,9 +11,15 @@ one file.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+#: Digest of the code that computes the scores; part of every key.
+SCORING_CODE = hashlib.sha256(
+    (Path(__file__).parent / "backends" / "hf.py").read_bytes()
+).hexdigest()[:16]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS loglikelihoods (
@@ -55,7 +62,7 @@ class ScoreCache:
             rows = self._db.execute(
                 "SELECT prompt, continuation, logprob, n_tokens FROM loglikelihoods "
                 f"WHERE model = ? AND prompt IN ({marks})",
-                [model, *chunk],
+                [f"{SCORING_CODE}|{model}", *chunk],
             )
             for prompt, continuation, logprob, n_tokens in rows:
                 if (prompt, continuation) in wanted:
@@ -68,7 +75,7 @@ class ScoreCache:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT OR REPLACE INTO loglikelihoods VALUES (?, ?, ?, ?, ?)",
-                [(model, p, c, lp, n) for p, c, lp, n in rows],
+                [(f"{SCORING_CODE}|{model}", p, c, lp, n) for p, c, lp, n in rows],
             )
 
     def __len__(self) -> int:
