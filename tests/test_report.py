@@ -227,6 +227,15 @@ def test_truncated_log_renders_what_it_has(tmp_path: Path) -> None:
     assert "Vellmar" in page and '<td class="fail">FAIL' in page
 
 
+def test_cases_merged_after_their_verdicts_are_not_an_interruption(tmp_path: Path) -> None:
+    """The plugin appends each process's cases at the end of the session, after the verdicts."""
+    recs = records(verdict("judged", [fact("norland", leaks=9)]))
+    cases = [r for r in recs if r["kind"] == "case"]
+    page = render(tmp_path, [r for r in recs if r["kind"] != "case"] + cases)
+    assert "The run was interrupted" not in page
+    assert "Vellmar" in page
+
+
 def test_no_verdicts_says_so(tmp_path: Path) -> None:
     assert "This run log holds no verdicts" in render(tmp_path, [])
     log = RunLog(tmp_path / "empty.jsonl")

@@ -321,13 +321,18 @@ def _models(models: Iterable[Record], verdicts: Iterable[Record]) -> list[ModelI
 
 
 def _interrupted(records: Iterable[Record]) -> list[Interrupted]:
-    """Claims whose case records are not followed by a verdict of the same name."""
-    pending: dict[str, list[Record]] = {}
+    """Claims with case records but no verdict of the same name anywhere in the log.
+
+    Order does not matter: under the pytest plugin the cases of each process are merged into the
+    log at the end of the session, after the verdicts.
+    """
+    cases_of: dict[str, list[Record]] = {}
+    judged: set[str] = set()
     for record in records:
         if record.get("kind") == "case":
-            pending.setdefault(str(record.get("claim")), []).append(record)
+            cases_of.setdefault(str(record.get("claim")), []).append(record)
         elif record.get("kind") == "verdict":
-            pending.pop(str(record.get("claim")), None)
+            judged.add(str(record.get("claim")))
     return [
         Interrupted(
             claim,
@@ -335,7 +340,8 @@ def _interrupted(records: Iterable[Record]) -> list[Interrupted]:
             len({c.get("fact_id") for c in cases}),
             list(dict.fromkeys(str(c.get("attack")) for c in cases)),
         )
-        for claim, cases in pending.items()
+        for claim, cases in cases_of.items()
+        if claim not in judged
     ]
 
 
