@@ -39,7 +39,7 @@ BATCH = 64
 def workload(model: HFModel, zoo: Path) -> tuple[list[tuple[str, str]], float]:
     """Every request the input-attack claim scores on ``model``, and the claim's wall time."""
     judge.use_score_cache(None)
-    judge._LOGLIKELIHOODS.clear()
+    judge.forget_scores()
     start = time.perf_counter()
     assert_forgotten(
         model,
@@ -50,8 +50,7 @@ def workload(model: HFModel, zoo: Path) -> tuple[list[tuple[str, str]], float]:
         on_inconclusive="return",
     )
     seconds = time.perf_counter() - start
-    key = judge.model_key(model)
-    requests = sorted((p, c) for k, p, c in judge._LOGLIKELIHOODS if k == key)
+    requests = judge.scored_requests(model)
     return requests, seconds
 
 
@@ -101,7 +100,7 @@ def main() -> None:
     model = HFModel.load(str(zoo / args.variant), device="cpu")
     requests, claim_seconds = workload(model, zoo)
 
-    judge._LOGLIKELIHOODS.clear()
+    judge.forget_scores()
     start = time.perf_counter()
     batched = judge.Scorer(readout="sum", batch_size=BATCH).loglikelihoods(model, requests)
     runner_seconds = time.perf_counter() - start

@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     for facts_name, claim_facts in fact_sets.items():
         for attacks_name, attacks in attack_sets.items():
-            judge._LOGLIKELIHOODS.clear()
+            judge.forget_scores()
             start = time.perf_counter()
             verdict = assert_forgotten(
                 model,

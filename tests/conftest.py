@@ -69,6 +69,6 @@ def scores_in_memory_only() -> Iterator[None]:
 
     previous = judge.score_cache_path()
     judge.use_score_cache(None)
-    judge._LOGLIKELIHOODS.clear()
+    judge.forget_scores()
     yield
     judge.use_score_cache(previous)

@@ -117,7 +117,7 @@ def test_verdicts_do_not_depend_on_the_batch_size(
     statuses = {}
     try:
         for size in (1, 8, 64):
-            judge._LOGLIKELIHOODS.clear()  # score everything again at this batch size
+            judge.forget_scores()  # score everything again at this batch size
             judge.set_batch_size(size)
             verdict = assert_forgotten(
                 str(zoo / "qa_form_only"),

@@ -56,7 +56,7 @@ def fresh_judge_cache(tmp_path: Path, scores_in_memory_only: None) -> Iterator[P
     path = tmp_path / "scores.sqlite"
     judge.use_score_cache(path)
     yield path
-    judge._LOGLIKELIHOODS.clear()
+    judge.forget_scores()
 
 
 def test_cache_round_trip_and_bad_file(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_a_rerun_computes_nothing(tiny_checkpoint: Path, fresh_judge_cache: Path
     first = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
     scores = judge.Scorer(batch_size=16).loglikelihoods(first, requests)
     assert first.scored == 300
-    judge._LOGLIKELIHOODS.clear()  # a new process: only the disk remains
+    judge.forget_scores()  # a new process: only the disk remains
     again = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
     assert judge.Scorer(batch_size=16).loglikelihoods(again, requests) == scores
     assert again.scored == 0
@@ -152,7 +152,7 @@ def test_a_killed_run_resumes_without_losing_a_committed_score(
     resumed = judge.Scorer(batch_size=8).loglikelihoods(model, _requests(2000))
     assert model.scored == 2000 - stored
     judge.use_score_cache(None)
-    judge._LOGLIKELIHOODS.clear()
+    judge.forget_scores()
     fresh = judge.Scorer(batch_size=8).loglikelihoods(
         HFModel.load(str(tiny_checkpoint), device="cpu"), _requests(2000)
     )

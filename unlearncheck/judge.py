@@ -94,6 +94,17 @@ def use_score_cache(path: Path | None) -> None:
     _score_cache = ScoreCache(path) if path is not None else None
 
 
+def forget_scores() -> None:
+    """Drop the scores kept in this process (those in the on-disk cache stay)."""
+    _LOGLIKELIHOODS.clear()
+
+
+def scored_requests(model: ScoringModel) -> list[tuple[str, str]]:
+    """Every (prompt, continuation) scored on ``model`` in this process, sorted."""
+    key = model_key(model)
+    return sorted((prompt, option) for k, prompt, option in _LOGLIKELIHOODS if k == key)
+
+
 def score_cache_path() -> Path | None:
     """The file of the score cache in use (None: memory only)."""
     return _score_cache.path if _score_cache is not None else None
