@@ -5,7 +5,9 @@ Run: ``python bench/scaling.py [--variant npo_gd] [--seed 0] [--out bench/result
 The claim runs on the model under test with the original given, from an empty score cache, for
 every combination of: the 96 forget facts or every person fact of the organism (forget and retain
 people: about 9.4× as many), and three input attacks (direct, paraphrase, prefix) or all six.
-Results go to ``<out>/scaling.json`` and are printed.
+Each row gives the time and the (prompt, option) requests scored on the model per (fact, attack):
+a fact's controls are capped (`MAX_CLAIM_CONTROLS`), so the requests per fact stop growing once a
+claim is large. Results go to ``<out>/scaling.json`` and are printed.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def main() -> None:
                     "attacks": attacks_name,
                     "seconds": round(seconds, 1),
                     "ms_per_fact_attack": round(1e3 * seconds / len(claim_facts) / len(attacks), 1),
+                    "requests_per_fact_attack": round(
+                        len(judge.scored_requests(model)) / len(claim_facts) / len(attacks), 1
+                    ),
                     "status": verdict.status,
                 }
             )

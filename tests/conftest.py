@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import torch
+
+if TYPE_CHECKING:
+    from unlearncheck.backends.hf import HFModel
 
 # A ~60-word vocabulary for the word-level test tokenizer.
 WORDS = (
@@ -72,3 +77,27 @@ def scores_in_memory_only() -> Iterator[None]:
     judge.forget_scores()
     yield
     judge.use_score_cache(previous)
+
+
+@pytest.fixture
+def memory_for_rows(monkeypatch: pytest.MonkeyPatch) -> Callable[[HFModel, int], list[int]]:
+    """``memory_for_rows(model, rows)``: the model runs out of memory on any forward pass of
+    more than ``rows`` sequences, as a device would; returns the row counts of the passes that
+    ran. The model's learned batch limit is restored after the test."""
+
+    def limit(model: HFModel, rows: int) -> list[int]:
+        forward = model.model.forward
+        ran: list[int] = []
+
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            batch = (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[0]
+            if batch > rows:
+                raise torch.OutOfMemoryError(f"out of memory: {batch} rows, room for {rows}")
+            ran.append(batch)
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(model.model, "forward", limited)
+        monkeypatch.setattr(model, "batch_limit", None)
+        return ran
+
+    return limit

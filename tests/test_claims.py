@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from unlearncheck import (
 )
 from unlearncheck.attacks import direct, paraphrase
 from unlearncheck.backends.hf import HFModel
+from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
 
 
@@ -110,24 +112,33 @@ def test_the_sum_readout_gives_the_same_verdicts(zoo: Path, forget: FactSet, var
 
 
 def test_verdicts_do_not_depend_on_the_batch_size(
-    zoo: Path, forget: FactSet, scores_in_memory_only: None
+    zoo: Path,
+    forget: FactSet,
+    scores_in_memory_only: None,
+    memory_for_rows: Callable[[HFModel, int], list[int]],
 ) -> None:
     """qa_form_only leaks some facts and hides others: every fact's status is the same whether
-    probes are scored one at a time, 8 or 64 to a forward pass."""
+    probes are scored one at a time, 8 or 64 to a forward pass, or ``auto`` on a device with room
+    for 40 sequences (512 halves to 32 there)."""
+    model, original = (load_model(str(zoo / name)) for name in ("qa_form_only", "original"))
     statuses = {}
     try:
-        for size in (1, 8, 64):
+        for size in (1, 8, 64, "auto"):
             judge.forget_scores()  # score everything again at this batch size
-            judge.set_batch_size(size)
+            if size == "auto":
+                ran = [memory_for_rows(m, 40) for m in (model, original)]
+            judge.set_batch_size(size)  # type: ignore[arg-type]
             verdict = assert_forgotten(
-                str(zoo / "qa_form_only"),
+                model,
                 forget,
                 attacks=[direct, paraphrase],
-                original=str(zoo / "original"),
+                original=original,
                 raise_on_fail=False,
             )
             statuses[size] = {v.fact_id: v.status for v in verdict.facts}
     finally:
         judge.set_batch_size(64)
-    assert statuses[1] == statuses[8] == statuses[64]
+    assert model.batch_limit == original.batch_limit == 32
+    assert max(max(rows) for rows in ran) == 32
+    assert statuses[1] == statuses[8] == statuses[64] == statuses["auto"]
     assert {"PASS", "FAIL"} <= set(statuses[1].values())

@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,30 @@ def test_checkpoint_with_remote_code_refused(tiny_checkpoint: Path, tmp_path: Pa
 def test_unknown_dtype(tiny_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="unknown dtype"):
         HFModel.load(str(tiny_checkpoint), device="cpu", dtype="int3")
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_result(
+    model: HFModel, memory_for_rows: Callable[[HFModel, int], list[int]]
+) -> None:
+    scores = model.score_answers(REQUESTS, batch_size=1)
+    texts = model.generate(PROMPTS, max_new_tokens=4, batch_size=1)
+    states = model.hidden_states(PROMPTS, layers=[-1], batch_size=1)
+    ran = memory_for_rows(model, 2)
+    limited_scores = model.score_answers(REQUESTS, batch_size=32)
+    assert model.batch_limit is not None and model.batch_limit <= 2  # kept for later calls
+    assert model.generate(PROMPTS, max_new_tokens=4, batch_size=32) == texts
+    assert model.hidden_states(PROMPTS, layers=[-1], batch_size=32) == pytest.approx(
+        states, abs=1e-5
+    )
+    assert max(ran) <= 2
+    assert [s.logprob for s in limited_scores] == pytest.approx(
+        [s.logprob for s in scores], abs=1e-4
+    )
+
+
+def test_out_of_memory_on_one_sequence_is_raised(
+    model: HFModel, memory_for_rows: Callable[[HFModel, int], list[int]]
+) -> None:
+    memory_for_rows(model, 0)
+    with pytest.raises(torch.OutOfMemoryError, match="room for 0"):
+        model.score_answers(REQUESTS, batch_size=4)

@@ -103,6 +103,9 @@ def test_cli_wins_over_ini_which_wins_over_conftest_defaults(pytester: pytest.Py
         "    set_defaults(config, model='organism:npo_gd', original='organism:original')\n"
     )
     pytester.makepyfile(test_dump=DUMP)
+    facts = pytester.path / "data" / "facts.jsonl"  # read at session start
+    facts.parent.mkdir()
+    facts.write_text('{"id": "a", "subject": "A", "relation": "r", "object": "B"}\n')
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
     options = json.loads((pytester.path / "options.json").read_text())
     assert options["model"] == "organism:gold"  # ini over the conftest default

@@ -26,8 +26,8 @@ from unlearncheck.attacks.readout import (
     sample_probes,
 )
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.backends.openai_api import OpenAIModel, is_openai_spec
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.backends.openai_api import EndpointError, OpenAIModel, is_openai_spec
+from unlearncheck.facts import Fact, FactFormatError, FactSet
 from unlearncheck.judge import (
     Readout,
     Scorer,
@@ -38,7 +38,7 @@ from unlearncheck.judge import (
     decide,
     score_probes,
 )
-from unlearncheck.probes import Probe, Templates
+from unlearncheck.probes import Probe, Templates, question_of, statement_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.verdict import (
     AttackOutcome,
@@ -57,7 +57,7 @@ CALIBRATION_FACTS = 48
 ModelLike = HFModel | OpenAIModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
 
-_LOADED: dict[tuple[str, str | None], HFModel | OpenAIModel] = {}
+_LOADED: dict[tuple[str, str | None, bool, bool], HFModel | OpenAIModel] = {}
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
@@ -72,20 +72,32 @@ def set_case_log(path: str | Path | None) -> None:
     _case_log = RunLog(path) if path is not None else None
 
 
-def load_model(model: ModelLike, *, device: str | None = None) -> HFModel | OpenAIModel:
+def load_model(
+    model: ModelLike,
+    *,
+    device: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> HFModel | OpenAIModel:
     """A loaded model for a spec string (loaded once a process) or the model itself.
 
     ``openai:<name>@<base_url>`` is an OpenAI-compatible endpoint (a black box); any other spec
-    is a Hugging Face checkpoint (see `unlearncheck.specs.resolve_spec`).
+    is a Hugging Face checkpoint (see `unlearncheck.specs.resolve_spec`), loaded from safetensors
+    unless ``allow_pickle`` and without its own code unless ``trust_remote_code`` (`HFModel.load`).
     """
     if isinstance(model, HFModel | OpenAIModel):
         return model
-    key = (model, device)
+    key = (model, device, allow_pickle, trust_remote_code)
     if key not in _LOADED:
         _LOADED[key] = (
             OpenAIModel.from_spec(model)
             if is_openai_spec(model)
-            else HFModel.load(model, device=device)
+            else HFModel.load(
+                model,
+                device=device,
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+            )
         )
     return _LOADED[key]
 
@@ -93,7 +105,15 @@ def load_model(model: ModelLike, *, device: str | None = None) -> HFModel | Open
 def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:
     if isinstance(facts, Fact):
         return FactSet([facts])
-    return facts if isinstance(facts, FactSet) else FactSet(list(facts))
+    if isinstance(facts, str | Path):
+        raise TypeError(
+            f"facts is the path {str(facts)!r}, not facts: pass load_facts({str(facts)!r})"
+        )
+    listed = list(facts)
+    for position, fact in enumerate(listed):
+        if not isinstance(fact, Fact):
+            raise TypeError(f"facts[{position}] is {fact!r}, not a Fact")
+    return facts if isinstance(facts, FactSet) else FactSet(listed)
 
 
 def calibration_peers(claim: FactSet, context: FactSet, seed: int) -> FactSet:
@@ -209,7 +229,12 @@ class _Session:
         if not targets or not isinstance(self.models.model, HFModel | OpenAIModel):
             return
         prompts = [o.evidence[0].probe.prompt for o in targets]
-        texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
+        try:
+            texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
+        except EndpointError as error:
+            for outcome in targets:
+                outcome.extra["output_not_generated"] = str(error)
+            return
         for outcome, samples in zip(targets, texts, strict=True):
             best = outcome.evidence[0]
             outcome.evidence[0] = type(best)(**{**best.__dict__, "output": samples[0]})
@@ -239,6 +264,7 @@ def _prepare(
     known = _context_facts(claim_facts, context)
     peers = calibration_peers(claim_facts, known, seed) if calibrate else FactSet()
     ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates or Templates.load(), seed)
+    _check_askable(claim_facts, ctx.templates)
     models = _Models(
         load_model(model, device=device),
         load_model(reference, device=device) if reference is not None else None,
@@ -246,6 +272,70 @@ def _prepare(
     )
     log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog or _case_log
     return claim_facts, ctx, models, log
+
+
+def _check_askable(facts: FactSet, templates: Templates) -> None:
+    """Refuse a fact that no probe can ask: no question or statement of its own or its relation's.
+
+    Raises:
+        FactFormatError: Naming the first such fact and its relation.
+    """
+    for fact in facts:
+        if question_of(fact, templates) is None and statement_of(fact, templates) is None:
+            raise FactFormatError(
+                f"fact {fact.id!r}: relation {fact.relation!r} has no question or statement "
+                "template and the fact has neither a question nor a statement, so no probe can "
+                "ask it; add them to the fact or to a templates file (Templates.load)",
+                field="relation",
+            )
+
+
+def _check_settings(alpha: float, tolerance: float, on_inconclusive: str) -> None:
+    """Refuse claim settings out of range (a tolerance of 1 or more could never fail a claim).
+
+    Raises:
+        ValueError: Naming the setting and its value.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1 (exclusive), got {alpha!r}")
+    if not 0 <= tolerance < 1:
+        raise ValueError(
+            f"tolerance must be at least 0 and below 1 (no fact could ever be recovered), "
+            f"got {tolerance!r}"
+        )
+    if on_inconclusive not in ("raise", "return"):
+        raise ValueError(f"on_inconclusive must be 'raise' or 'return', got {on_inconclusive!r}")
+
+
+def _check_attacks(attacks: Sequence[Attack]) -> None:
+    """Refuse anything in ``attacks`` that is not an attack, and an attack listed twice.
+
+    Raises:
+        TypeError: ``attacks`` is not a sequence of attacks (an attack name, for instance).
+        ValueError: ``attacks`` is empty or repeats an attack.
+    """
+    from unlearncheck.attacks import FULL_ATTACKS
+
+    names = [a.name for a in FULL_ATTACKS]
+    known = ", ".join(names)
+    if isinstance(attacks, str | Attack):
+        raise TypeError(f"attacks must be a list of attacks, got {attacks!r}")
+    if not attacks:
+        raise ValueError("assert_forgotten needs at least one attack")
+    seen: set[str] = set()
+    for position, attack in enumerate(attacks):
+        if isinstance(attack, str):
+            fix = (
+                f"pass the attack itself, unlearncheck.attacks.{attack}"
+                if attack in names
+                else f"unknown attack name; known attacks: {known}"
+            )
+            raise TypeError(f"attacks[{position}] is the name {attack!r}, not an attack: {fix}")
+        if not isinstance(attack, Attack):
+            raise TypeError(f"attacks[{position}] is {attack!r}, not an attack ({known})")
+        if attack.name in seen:
+            raise ValueError(f"attacks[{position}]: attack {attack.name!r} is listed twice")
+        seen.add(attack.name)
 
 
 def _claim_status(verdicts: list[FactVerdict]) -> Status:
@@ -343,6 +433,9 @@ def assert_forgotten(
         ForgettingAssertionError: Some attack recovered the knowledge of some fact.
         InconclusiveError: The claim could not be decided (and ``on_inconclusive="raise"``).
     """
+    _check_settings(alpha, tolerance, on_inconclusive)
+    _check_attacks(attacks)
+    scorer = Scorer(readout)
     claim_facts, ctx, models, log = _prepare(
         "assert_forgotten",
         facts,
@@ -356,22 +449,27 @@ def assert_forgotten(
         device=device,
         calibrate=True,
     )
-    scorer = Scorer(readout)
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
     sessions: dict[str, _Session] = {}
     for attack in attacks:
         # The peers' probes run too: their controls are part of the chance level.
-        sessions[attack.name], judged = _run_attack(
-            attack, ctx.claim, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
-        )
+        try:
+            sessions[attack.name], judged = _run_attack(
+                attack, ctx.claim, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
+            )
+        except EndpointError as error:
+            judged = _not_run(attack.name, ctx.claim, str(error), blocking=True)
         outcomes[attack.name] = {f.id: judged[f.id] for f in claim_facts}
     known: dict[str, AttackOutcome] = {}
     if models.original is not None:
         base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in ctx.claim}
         original_only = _Session(_Models(models.original, None, None), scorer, None)
-        known = original_only.judge(
-            "original knows", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
-        )
+        try:
+            known = original_only.judge(
+                "original knows", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+            )
+        except EndpointError as error:
+            known = _not_run("original knows", ctx.claim, str(error), blocking=True)
     tested = [
         o for per_fact in outcomes.values() for o in per_fact.values() if o.p_value is not None
     ]
@@ -427,9 +525,7 @@ def _run_attack(
         models.model, HFModel
     ):
         reason = f"needs weights: {models.model.spec} is an API endpoint"
-        return _Session(models, scorer, log), {
-            f.id: AttackOutcome(attack.name, "not run", reason=reason) for f in facts
-        }
+        return _Session(models, scorer, log), _not_run(attack.name, facts, reason, blocking=False)
     if isinstance(attack, SamplingAttack):
         return _Session(models, scorer, log), _run_sampling(attack, facts, ctx, models, alpha=alpha)
     if isinstance(attack, HiddenProbeAttack):
@@ -439,6 +535,13 @@ def _run_attack(
     return _run_model_attack(
         attack, facts, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
     )
+
+
+def _not_run(
+    attack: str, facts: Iterable[Fact], reason: str, *, blocking: bool
+) -> dict[str, AttackOutcome]:
+    """A "not run" outcome of ``attack`` for each fact, with why (`AttackOutcome.blocking`)."""
+    return {f.id: AttackOutcome(attack, "not run", reason=reason, blocking=blocking) for f in facts}
 
 
 def _as_hf(model: ScoringModel | None, role: str, attack: str) -> HFModel | None:
@@ -634,6 +737,13 @@ def _fact_verdict(
     recovered = [o.attack for o in outcomes if o.significant]
     if recovered:
         return FactVerdict(fact.id, "FAIL", f"recovered by {', '.join(recovered)}", outcomes)
+    if original_knows is not None and original_knows.blocking:
+        return FactVerdict(
+            fact.id,
+            "INCONCLUSIVE",
+            f"could not check that the original model knows this fact ({original_knows.reason})",
+            outcomes,
+        )
     if original_knows is not None and original_knows.outcome != "recovered":
         return FactVerdict(
             fact.id,
@@ -682,6 +792,10 @@ def assert_retained(
         ForgettingAssertionError: Too many facts were lost.
         InconclusiveError: No fact could be decided (and ``on_inconclusive="raise"``).
     """
+    _check_settings(alpha, tolerance, on_inconclusive)
+    if not 0 <= max_loss <= 1:
+        raise ValueError(f"max_loss must be between 0 and 1, got {max_loss!r}")
+    scorer = Scorer(readout)
     claim_facts, ctx, models, log = _prepare(
         "assert_retained",
         facts,
@@ -694,22 +808,30 @@ def assert_retained(
         runlog=runlog,
         device=device,
     )
-    scorer = Scorer(readout)
     base = {f.id: direct(f, ctx) + paraphrase(f, ctx) for f in claim_facts}
-    on_model = _Session(_Models(models.model, None, None), scorer, log).judge(
-        "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
-    )
-    on_original = (
-        _Session(_Models(models.original, None, None), scorer, log).judge(
+    try:
+        on_model = _Session(_Models(models.model, None, None), scorer, log).judge(
             "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
         )
-        if models.original is not None
-        else None
-    )
+        on_original = (
+            _Session(_Models(models.original, None, None), scorer, log).judge(
+                "direct", base, tolerance=tolerance, alpha=alpha, strata=_strata(ctx)
+            )
+            if models.original is not None
+            else None
+        )
+    except EndpointError as error:
+        on_model, on_original = _not_run("direct", claim_facts, str(error), blocking=True), None
     verdicts = []
     for fact in claim_facts:
         outcome = on_model[fact.id]
-        if on_original is not None and on_original[fact.id].outcome != "recovered":
+        if outcome.blocking:
+            verdicts.append(
+                FactVerdict(
+                    fact.id, "INCONCLUSIVE", f"not run: direct ({outcome.reason})", [outcome]
+                )
+            )
+        elif on_original is not None and on_original[fact.id].outcome != "recovered":
             verdicts.append(
                 FactVerdict(
                     fact.id, "INCONCLUSIVE", "the original model does not know this fact", [outcome]

@@ -8,6 +8,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from unlearncheck.facts import FactFormatError
+from unlearncheck.probes import TemplateError
+from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_spec
+
+#: Errors of bad input: ``unlearncheck`` prints their message (which names the input) and exits 2.
+INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OSError)
+
 
 def _organism(args: argparse.Namespace) -> int:
     from unlearncheck.organism import write_zoo
@@ -27,6 +34,8 @@ def _validity(args: argparse.Namespace) -> int:
     from unlearncheck.organism import VARIANTS, zoo_dir
     from unlearncheck.validity import forget_facts, format_matrix, validity_matrix
 
+    if args.reference:
+        check_spec(f"{ORGANISM_PREFIX}{args.reference}")
     zoo = zoo_dir(args.seed)
     reference = str(zoo / args.reference) if args.reference else None
     attacks = (
@@ -51,7 +60,7 @@ def _metrics(args: argparse.Namespace) -> int:
     specs = [*args.models, args.reference]
     facts_path = args.facts
     if facts_path is None:
-        if not all(spec.startswith("organism:") for spec in specs):
+        if not all(spec.startswith(ORGANISM_PREFIX) for spec in specs):
             print(
                 "unlearncheck metrics: --facts is needed unless every model is organism:<variant>",
                 file=sys.stderr,
@@ -60,6 +69,8 @@ def _metrics(args: argparse.Namespace) -> int:
         facts_path = zoo_dir(0) / "facts.jsonl"
     start = time.perf_counter()
     facts = load_facts(facts_path)
+    for spec in specs:  # every spec, before the first model loads
+        check_spec(spec)
     loaded = [load_model(spec) for spec in specs]
     black_boxes = [m.spec for m in loaded if not isinstance(m, HFModel)]
     if black_boxes:
@@ -170,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "organism" and not args.seeds:
         args.seeds = [0]
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except INPUT_ERRORS as error:
+        print(f"unlearncheck {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from unlearncheck.claims import ModelLike, load_model
 from unlearncheck.facts import Fact
 from unlearncheck.probes import Templates, question_of
 from unlearncheck.runlog import RunLog
-from unlearncheck.verdict import ForgettingAssertionError, Status, Verdict
+from unlearncheck.untrusted import quoted, shown
+from unlearncheck.verdict import TERMINAL_CHARS, ForgettingAssertionError, Status, Verdict
 
 DEFAULT_N = 16
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -94,8 +95,9 @@ class FadeSample:
 
     def describe(self) -> str:
         """One line: who generated what after which prompt, and how each model scores it."""
+        prompt, text = (quoted(t, limit=TERMINAL_CHARS) for t in (self.prompt, self.text))
         return (
-            f"[{self.source}] {self.prompt!r} → {self.text!r}: log p model "
+            f"[{self.source}] {prompt} → {text}: log p model "
             f"{self.logp_model:.2f}, reference {self.logp_reference:.2f}, r {self.r:+.2f}"
         )
 
@@ -389,8 +391,9 @@ class EquivalenceVerdict(Verdict):
 
     def summary(self) -> str:
         """One line: status and the FADE numbers."""
+        claim = shown(self.claim, limit=TERMINAL_CHARS)
         line = (
-            f"{self.claim}: {self.status}: FADE(model, reference) {self.result.fade:.3f} "
+            f"{claim}: {self.status}: FADE(model, reference) {self.result.fade:.3f} "
             f"(α {self.result.alpha:.3f}, β {self.result.beta:.3f}), noise floor "
             f"{self.floor.fade:.3f}, tolerance {self.tolerance}"
         )

@@ -259,7 +259,8 @@ def load_facts(path: str | Path) -> FactSet:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        FactFormatError: If a line is not valid JSON, is not an object, holds an invalid
+        FactFormatError: If the file holds no facts, or a line is longer than
+            `MAX_LINE_BYTES`, is not UTF-8 or not valid JSON, is not an object, holds an invalid
             record, or repeats an id.
     """
     rows = []
@@ -294,7 +295,7 @@ def load_tofu(path: str | Path, *, relation: str = "qa", split: str | None = Non
         FactFormatError: If the file or a row is malformed; errors name the row's 1-based line
             (JSONL) or position (JSON list), and the TOFU field at fault.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    text = _decode_utf8(Path(path).read_bytes(), path, 1)
     if text.lstrip().startswith("["):
         data = _decode(text, path, None)
         numbered = list(enumerate(data, start=1))
@@ -324,11 +325,35 @@ def load_tofu(path: str | Path, *, relation: str = "qa", split: str | None = Non
     return _fact_set(rows, path)
 
 
+#: Longest line of a facts file, in bytes with its line break: a longer one is refused unread.
+MAX_LINE_BYTES = 1 << 20
+
+
 def _nonblank_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    with Path(path).open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
+    """The (1-based number, text) of each non-blank line.
+
+    Raises:
+        FactFormatError: A line is longer than `MAX_LINE_BYTES` or is not UTF-8.
+    """
+    with Path(path).open("rb") as handle:
+        for line, data in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(data) > MAX_LINE_BYTES:
+                raise FactFormatError(
+                    f"line longer than {MAX_LINE_BYTES} bytes", path=path, line=line
+                )
+            text = _decode_utf8(data, path, line)
             if text.strip():
                 yield line, text
+
+
+def _decode_utf8(data: bytes, path: str | Path, first_line: int) -> str:
+    """``data`` (which starts on line ``first_line`` of ``path``) decoded from UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + data.count(b"\n", 0, error.start)
+        byte = data[error.start]
+        raise FactFormatError(f"not UTF-8: byte 0x{byte:02x}", path=path, line=line) from error
 
 
 def _decode(text: str, path: str | Path, line: int | None) -> Any:
@@ -340,6 +365,8 @@ def _decode(text: str, path: str | Path, line: int | None) -> Any:
 
 
 def _fact_set(rows: Sequence[tuple[int, Fact]], path: str | Path) -> FactSet:
+    if not rows:
+        raise FactFormatError("holds no facts (empty, or only blank lines)", path=path)
     first_line: dict[str, int] = {}
     for line, fact in rows:
         if fact.id in first_line:

@@ -69,11 +69,17 @@ Readout = Literal["token_mean", "sum"]
 READOUTS: tuple[Readout, ...] = ("token_mean", "sum")
 
 _batch_size = 64
+#: The batch size ``auto``: where scoring starts; a model halves it on out-of-memory until a batch
+#: fits and keeps what fitted (`unlearncheck.backends.hf.HFModel.batch_limit`).
+AUTO_BATCH_SIZE = 512
 
 
-def set_batch_size(size: int) -> None:
-    """Sequences per forward pass of every `Scorer` made without its own batch size."""
+def set_batch_size(size: int | Literal["auto"]) -> None:
+    """Sequences per forward pass of every `Scorer` made without its own batch size (``auto``:
+    `AUTO_BATCH_SIZE`, halved where it does not fit)."""
     global _batch_size
+    if size == "auto":
+        size = AUTO_BATCH_SIZE
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     _batch_size = size
@@ -308,7 +314,8 @@ def chance_pool(groups: Sequence[FactProbes]) -> np.ndarray:
 def chance_pools(
     groups: Mapping[str, FactProbes], strata: Mapping[str, str]
 ) -> dict[str, np.ndarray]:
-    """Each fact's chance statistics: the whole claim's, put on the scale of the fact's stratum.
+    """Each fact's chance statistics: the whole claim's, put on the scale of the fact's stratum
+    (facts of one stratum share one array).
 
     What a model says about a subject it does not know depends on the question: its prior over
     colours is not its prior over cities. So each stratum (relation) has its own chance location
@@ -329,11 +336,8 @@ def chance_pools(
             or [np.empty(0)]
         )
     )
-    out = {}
-    for fact_id in groups:
-        location, scale = scales[strata.get(fact_id, "")]
-        out[fact_id] = location + scale * standard
-    return out
+    mapped = {s: location + scale * standard for s, (location, scale) in scales.items()}
+    return {fact_id: mapped[strata.get(fact_id, "")] for fact_id in groups}
 
 
 def _location_scale(pool: np.ndarray) -> tuple[float, float]:

@@ -8,7 +8,9 @@ files (same shape, merged over the defaults) through `Templates.load`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+import string
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -76,6 +78,90 @@ class TemplateError(ValueError):
     """A template file is malformed; the message names the file and the key."""
 
 
+#: The placeholders each template may use, by where it is in the library: the prompt formats, a
+#: relation's and a chain's templates (under ``relations.<name>`` and ``chains.<a>><b>``; those
+#: in `_TEMPLATE_LISTS` are lists of templates) and the prefix templates.
+_FORMAT_FIELDS = {
+    "prompt_format": {"question"},
+    "cloze_format": {"cloze"},
+    "incontext_format": {"context", "prompt"},
+}
+_SECTION_FIELDS = {
+    "relations": {
+        "question": {"subject"},
+        "questions": {"subject"},
+        "statement": {"subject", "object"},
+        "paraphrases": {"subject", "object"},
+        "noun": {"subject"},
+        "reverse": {"object"},
+    },
+    "chains": {
+        "question": {"subject"},
+        "questions": {"subject"},
+        "statement": {"subject", "object"},
+    },
+}
+_TEMPLATE_LISTS = frozenset({"questions", "paraphrases"})
+_PREFIX_FIELDS = frozenset({"prompt", "subject", "initial", "options", "reverse"})
+
+
+def _check_templates(data: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse templates that are not strings (lists of strings where lists are expected), that
+    are malformed, or that use a placeholder the probes do not fill."""
+    for key, fields in _FORMAT_FIELDS.items():
+        _check_template(data.get(key), fields, path, key)
+    for section, keys in _SECTION_FIELDS.items():
+        for name, entry in _section(data, section, path).items():
+            where = f"{section}.{name}"
+            if not isinstance(entry, Mapping):
+                raise TemplateError(f"{path}: {where}: must be an object, got {_kind(entry)}")
+            for key, fields in keys.items():
+                value = entry.get(key)
+                if key not in _TEMPLATE_LISTS:
+                    _check_template(value, fields, path, f"{where}.{key}")
+                    continue
+                if not isinstance(value, list | None):
+                    raise TemplateError(
+                        f"{path}: {where}.{key}: must be a list of templates, got {_kind(value)}"
+                    )
+                for i, template in enumerate(value or ()):
+                    _check_template(template, fields, path, f"{where}.{key}[{i}]")
+    for name, template in _section(data, "prefix", path).items():
+        _check_template(template, _PREFIX_FIELDS, path, f"prefix.{name}")
+
+
+def _section(data: Mapping[str, Any], name: str, path: str | Path) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise TemplateError(f"{path}: {name}: must be an object, got {_kind(value)}")
+    return value
+
+
+def _check_template(
+    template: object, allowed: Collection[str], path: str | Path, where: str
+) -> None:
+    """Refuse a template (None: absent) that is no string, is malformed or has unknown fields."""
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise TemplateError(f"{path}: {where}: must be a string, got {_kind(template)}")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise TemplateError(f"{path}: {where}: malformed template {template!r}: {err}") from err
+    for placeholder in fields:
+        if re.split(r"[.\[]", placeholder, maxsplit=1)[0] not in allowed:
+            names = ", ".join(f"{{{name}}}" for name in sorted(allowed))
+            raise TemplateError(
+                f"{path}: {where}: unknown placeholder {{{placeholder}}} in {template!r}; "
+                f"allowed: {names}"
+            )
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -94,16 +180,27 @@ class Templates:
 
     @classmethod
     def load(cls, *paths: str | Path) -> Templates:
-        """The shipped templates, with each JSON file in ``paths`` merged over them in order."""
+        """The shipped templates, with each JSON file in ``paths`` merged over them in order.
+
+        Raises:
+            TemplateError: A file is not UTF-8 JSON of an object, or one of its templates is
+                not a string (a list of them, for ``questions`` and ``paraphrases``), is
+                malformed or uses a placeholder the probes do not fill.
+        """
         text = resources.files("unlearncheck").joinpath("data/templates.json").read_text("utf-8")
         data: dict[str, Any] = json.loads(text)
         for path in paths:
+            raw = Path(path).read_bytes()
             try:
-                extra = json.loads(Path(path).read_text("utf-8"))
+                extra = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                line = raw.count(b"\n", 0, err.start) + 1
+                raise TemplateError(f"{path}:{line}: not UTF-8: {err.reason}") from err
             except json.JSONDecodeError as err:
                 raise TemplateError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
             if not isinstance(extra, dict):
                 raise TemplateError(f"{path}: the top level must be a JSON object")
+            _check_templates(extra, path)
             data = _merge(data, extra)
         return cls(data)
 

@@ -21,11 +21,12 @@ from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from unlearncheck import events
+from unlearncheck.untrusted import shown
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 #: The ``user_properties`` name under which a verdict (JSON of `Verdict.to_dict`) is attached.
 PROPERTY = "unlearncheck_verdict"
 DEFAULT_REPORT = "reports/unlearncheck.html"
+#: Characters of one untrusted string (an attack name, an error message) in the terminal summary.
+SUMMARY_CHARS = 200
 
 #: (name, help) of every option: ``--uc-<name>`` on the command line, ``uc_<name>`` in the ini file
 #: (``-`` becomes ``_``); every value is a string, parsed where needed.
@@ -46,7 +49,11 @@ _OPTIONS = (
     ("reference", "a model retrained without the forget set (baseline instead of chance)"),
     ("facts", "facts.jsonl of the claims (default: the zoo's facts for an organism model)"),
     ("device", "torch device of the models (default: cuda when available, else cpu)"),
-    ("batch-size", "sequences per forward pass when scoring probes"),
+    (
+        "batch-size",
+        "sequences per forward pass when scoring probes, or auto (start at 512, halve on "
+        "out-of-memory)",
+    ),
     ("seed", "seed the suite passes to its claims (uc_options.seed); default 0"),
     ("report", f"HTML report path (default {DEFAULT_REPORT})"),
     ("json", "run log (JSONL) path (default: the report path with suffix .jsonl)"),
@@ -55,6 +62,20 @@ _OPTIONS = (
         "SQLite score cache (default: scores.sqlite in the unlearncheck cache dir; off: none)",
     ),
 )
+#: (name, help) of every switch: ``--uc-<name>`` on the command line, ``uc_<name> = true`` in the
+#: ini file.
+_FLAGS = (
+    (
+        "allow-pickle",
+        "load pickle weights (pytorch_model.bin) of checkpoints without safetensors: unpickling "
+        "can execute code, so only for checkpoints you trust",
+    ),
+    (
+        "trust-remote-code",
+        "run the code a checkpoint ships (auto_map in its config): only for checkpoints you trust",
+    ),
+)
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 @dataclass(frozen=True)
@@ -67,11 +88,14 @@ class Options:
         reference: Spec of the retrained reference model.
         facts: Path of the facts file (None: derived from an organism model spec).
         device: Torch device (None: automatic).
-        batch_size: Scoring batch size (None: the library default).
+        batch_size: Scoring batch size (None: the library default; ``auto`` for
+            `unlearncheck.judge.AUTO_BATCH_SIZE`, halved on out-of-memory).
         seed: Seed passed by the suite to its claims.
         report: HTML report path.
         json: Run log path.
         cache: Score cache path (None: no cache on disk).
+        allow_pickle: Load pickle weights of checkpoints without safetensors.
+        trust_remote_code: Run the code checkpoints ship.
     """
 
     model: str | None = None
@@ -79,11 +103,13 @@ class Options:
     reference: str | None = None
     facts: Path | None = None
     device: str | None = None
-    batch_size: int | None = None
+    batch_size: int | Literal["auto"] | None = None
     seed: int = 0
     report: Path = field(default_factory=lambda: Path(DEFAULT_REPORT))
     json: Path = field(default_factory=lambda: Path(DEFAULT_REPORT).with_suffix(".jsonl"))
     cache: Path | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
 
 _DEFAULTS = pytest.StashKey[dict[str, str]]()
@@ -103,6 +129,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, help_text in _OPTIONS:
         group.addoption(f"--uc-{name}", dest=_dest(name), default=None, help=help_text)
         parser.addini(_dest(name), help_text, type="string", default="")
+    for name, help_text in _FLAGS:
+        group.addoption(
+            f"--uc-{name}", dest=_dest(name), action="store_true", default=None, help=help_text
+        )
+        parser.addini(_dest(name), help_text + " (true/false)", type="string", default="")
 
 
 def set_defaults(config: pytest.Config, **values: str) -> None:
@@ -110,7 +141,7 @@ def set_defaults(config: pytest.Config, **values: str) -> None:
 
     Keys are option names with ``_`` for ``-`` (``model``, ``original``, ``batch_size``, …).
     """
-    known = {name.replace("-", "_") for name, _ in _OPTIONS}
+    known = {name.replace("-", "_") for name, _ in (*_OPTIONS, *_FLAGS)}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown unlearncheck options: {', '.join(sorted(unknown))}")
@@ -132,7 +163,7 @@ def _resolve(config: pytest.Config) -> Options:
     defaults = config.stash.get(_DEFAULTS, {})
     ini_base = config.inipath.parent if config.inipath else config.rootpath
     values: dict[str, tuple[str, Path]] = {}  # key -> (value, base of a relative path)
-    for name, _ in _OPTIONS:
+    for name, _ in (*_OPTIONS, *_FLAGS):
         key, dest = name.replace("-", "_"), _dest(name)
         cli = config.getoption(dest)
         ini = str(config.getini(dest) or "")
@@ -162,6 +193,12 @@ def _resolve(config: pytest.Config) -> Options:
             message = f"--uc-{key.replace('_', '-')}: not an integer: {value!r}"
             raise pytest.UsageError(message) from None
 
+    def switch(key: str) -> bool:
+        value = (text(key) or "false").lower()
+        if value not in (*_TRUE, *_FALSE):
+            raise pytest.UsageError(f"{_dest(key)}: expected true or false, got {text(key)!r}")
+        return value in _TRUE
+
     report = path("report") or config.rootpath / DEFAULT_REPORT
     return Options(
         model=text("model"),
@@ -169,11 +206,13 @@ def _resolve(config: pytest.Config) -> Options:
         reference=text("reference"),
         facts=path("facts"),
         device=text("device"),
-        batch_size=number("batch_size"),
+        batch_size="auto" if text("batch_size") == "auto" else number("batch_size"),
         seed=number("seed") or 0,
         report=report,
         json=path("json") or report.with_suffix(".jsonl"),
         cache=None if text("cache") == "off" else path("cache") or default_cache(),
+        allow_pickle=switch("allow_pickle"),
+        trust_remote_code=switch("trust_remote_code"),
     )
 
 
@@ -209,6 +248,7 @@ def _case_log_path(config: pytest.Config, session: str, process: str) -> Path:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Check the options; open the score cache; set the scoring batch size when one is given."""
     options = get_options(session.config)
+    _check_inputs(session.config, options)
     from unlearncheck import judge
 
     try:
@@ -221,9 +261,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         process = getattr(session.config, "workerinput", {}).get("workerid", "main")
         claims.set_case_log(_case_log_path(session.config, os.environ[SESSION_ENV], process))
     if options.batch_size is not None:
-        if options.batch_size < 1:
-            raise pytest.UsageError("--uc-batch-size must be at least 1")
+        if options.batch_size != "auto" and options.batch_size < 1:
+            raise pytest.UsageError("--uc-batch-size must be at least 1 (or auto)")
         judge.set_batch_size(options.batch_size)
+
+
+def _check_inputs(config: pytest.Config, options: Options) -> None:
+    """Refuse bad inputs before any model work: the facts file, each model spec and its checkpoint
+    (`unlearncheck.specs.check_spec`), the device, and report paths that are directories.
+
+    Raises:
+        pytest.UsageError: Naming the option and what is wrong with its value.
+    """
+    from unlearncheck.facts import FactFormatError
+    from unlearncheck.specs import ModelSpecError, check_spec, resolve_device
+
+    if options.facts is not None:
+        try:
+            suite_facts(config)
+        except (FactFormatError, OSError) as error:
+            raise pytest.UsageError(f"--uc-facts: {error}") from None
+    for role in ("model", "original", "reference"):
+        spec = getattr(options, role)
+        if spec is None:
+            continue
+        try:
+            check_spec(
+                spec, allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code
+            )
+        except ModelSpecError as error:
+            raise pytest.UsageError(f"--uc-{role}: {error}") from None
+    if options.device is not None:
+        try:
+            resolve_device(options.device)
+        except ValueError as error:
+            raise pytest.UsageError(f"--uc-device: {error}") from None
+    for name in ("report", "json"):
+        if getattr(options, name).is_dir():
+            raise pytest.UsageError(f"--uc-{name}: {getattr(options, name)} is a directory")
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -260,7 +335,13 @@ def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | No
     from unlearncheck.claims import load_model
 
     _share_cpu(config)
-    return load_model(spec, device=_device(config, get_options(config).device))
+    options = get_options(config)
+    return load_model(
+        spec,
+        device=_device(config, options.device),
+        allow_pickle=options.allow_pickle,
+        trust_remote_code=options.trust_remote_code,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -449,7 +530,7 @@ class Collector:
 
             self.html = Path(render_report(self.log.path, out))
         except Exception as err:  # a broken renderer must not hide the verdicts
-            self.html_error = f"{type(err).__name__}: {err}"
+            self.html_error = shown(f"{type(err).__name__}: {err}", limit=SUMMARY_CHARS)
 
     def _merge_cases(self) -> None:
         """Append every process's case records to the run log and remove their files."""
@@ -518,7 +599,10 @@ def _attack_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Per attack of the forgetting claims: facts judged, recovered (failed), not run, time."""
+    """Per attack of the forgetting claims: facts judged, recovered (failed), not run, time.
+
+    Attack names (user code names its attacks) are shown through `shown`.
+    """
     judged: Counter[str] = Counter()
     recovered: Counter[str] = Counter()
     not_run: Counter[str] = Counter()
@@ -536,12 +620,13 @@ def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
     if not names:
         return []
     seconds = _attack_seconds(forgetting)
-    width = max(len(a) for a in names)
+    labels = {name: shown(name, limit=SUMMARY_CHARS) for name in names}
+    width = max(len(label) for label in labels.values())
     lines = ["attacks (facts of forgetting claims; time: tests that ran only that attack):"]
     for name in names:
         time = f"{seconds[name]:7.1f}s" if name in seconds else "       —"
         lines.append(
-            f"  {name:<{width}}  {judged[name]:>4} judged, {recovered[name]:>4} recovered "
+            f"  {labels[name]:<{width}}  {judged[name]:>4} judged, {recovered[name]:>4} recovered "
             f"(FAIL), {not_run[name]:>4} not run  {time}"
         )
     return lines

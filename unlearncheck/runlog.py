@@ -3,6 +3,13 @@
 The first record holds the configuration, package versions, git revision and model hashes; then
 one record per case result (a probe scored) and per verdict. Every record is flushed as it is
 written, so an interrupted run keeps everything it computed.
+
+Records hold untrusted text (model output, prompts, entity names). A record is one line of UTF-8
+JSON whatever its text holds: JSON escapes line breaks and control characters, and `RunLog.write`
+writes lone surrogates (which UTF-8 cannot encode) and the characters that some line readers take
+for line breaks (U+0085, U+2028, U+2029) as ``\\u`` escapes too. Reading gives the text back as it
+was written, except that a high surrogate followed by a low one reads back as the one character
+the pair encodes, as in any JSON reader.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterator
 from importlib import metadata
@@ -26,6 +34,9 @@ PACKAGES = (
     "openai",
 )
 _SECRET_MARKERS = ("key", "token", "secret", "password", "authorization")
+#: Characters `RunLog.write` writes as JSON ``\u`` escapes although JSON allows them raw: lone
+#: surrogates (not encodable in UTF-8) and separators that ``str.splitlines`` splits lines at.
+_ESCAPED_IN_LOG = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -105,6 +116,7 @@ class RunLog:
         process loses nothing written (the file is synced to disk on `close`)."""
         handle = self._handle()
         line = json.dumps({"kind": kind, **redact(record)}, ensure_ascii=False, default=str)
+        line = _ESCAPED_IN_LOG.sub(lambda char: f"\\u{ord(char.group()):04x}", line)
         handle.write(line + "\n")
         handle.flush()
 

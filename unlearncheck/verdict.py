@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unlearncheck.probes import Probe
+from unlearncheck.untrusted import quoted, shown
 
 Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 Outcome = Literal["recovered", "not recovered", "not run"]
+TERMINAL_CHARS = 1000
+"""Characters of one untrusted string (a prompt, an output, a name) shown in a message."""
 
 
 @dataclass(frozen=True)
@@ -156,39 +159,52 @@ class Verdict:
         raise KeyError(fact_id)
 
     def summary(self) -> str:
-        """One line: status and counts."""
+        """One line: status and counts (untrusted text shown through `shown`)."""
         counts = {
             s: sum(f.status == s for f in self.facts) for s in ("PASS", "FAIL", "INCONCLUSIVE")
         }
+        claim = shown(self.claim, limit=TERMINAL_CHARS)
         return (
-            f"{self.claim}: {self.status} ({counts['PASS']} passed, {counts['FAIL']} failed, "
+            f"{claim}: {self.status} ({counts['PASS']} passed, {counts['FAIL']} failed, "
             f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts)"
         )
 
     def explain(self, limit: int = 3) -> str:
-        """A readable account of the failures (or inconclusive facts): attack, probe, output."""
+        """A readable account of the failures (or inconclusive facts): attack, probe, output.
+
+        Untrusted text is shown through `shown` (names, reasons) or `quoted` (prompt, answer,
+        output), so the message cannot act on a terminal.
+        """
         lines = [self.summary()]
-        shown = [f for f in self.facts if f.status == self.status and f.status != "PASS"]
-        for fact in shown[:limit]:
-            lines.append(f"  {fact.fact_id}: {fact.status}: {fact.reason}")
+        listed = [f for f in self.facts if f.status == self.status and f.status != "PASS"]
+        for fact in listed[:limit]:
+            fact_id, reason = (shown(t, limit=TERMINAL_CHARS) for t in (fact.fact_id, fact.reason))
+            lines.append(f"  {fact_id}: {fact.status}: {reason}")
             for outcome in fact.attacks:
                 if not outcome.significant or not outcome.evidence:
                     continue
                 best = outcome.evidence[0]
                 vs = "reference" if self.config.get("reference") else "chance (control subjects)"
+                attack = shown(outcome.attack, limit=TERMINAL_CHARS)
                 lines.append(
-                    f"    attack {outcome.attack}: mean delta {outcome.effect:+.2f} over "
+                    f"    attack {attack}: mean delta {outcome.effect:+.2f} over "
                     f"{outcome.n} probes, {outcome.leaks} above the tolerance "
                     f"(p={outcome.p_value:.2g} among {outcome.null_n} control statistics)"
                 )
-                lines.append(f"      prompt: {best.probe.prompt!r}")
-                lines.append(f"      answer: {best.probe.answer!r}  output: {best.output!r}")
+                prompt, answer = (
+                    quoted(t, limit=TERMINAL_CHARS) for t in (best.probe.prompt, best.probe.answer)
+                )
+                output = (
+                    "None" if best.output is None else quoted(best.output, limit=TERMINAL_CHARS)
+                )
+                lines.append(f"      prompt: {prompt}")
+                lines.append(f"      answer: {answer}  output: {output}")
                 lines.append(
                     f"      score {best.score:.2f} vs {vs} {best.baseline:.2f} "
                     f"(tolerance {self.config.get('tolerance')})"
                 )
-        if len(shown) > limit:
-            lines.append(f"  … and {len(shown) - limit} more")
+        if len(listed) > limit:
+            lines.append(f"  … and {len(listed) - limit} more")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

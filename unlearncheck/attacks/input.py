@@ -27,6 +27,10 @@ from unlearncheck.probes import (
 MIN_CONTROLS = 1
 MAX_CONTROLS = 128
 CONTROL_SUBJECTS = 128
+#: Claim subjects taken as a fact's controls, at most (unless `ProbeContext.n_controls` asks for
+#: more): enough for a steady baseline, and a fixed number, so that a claim's cost grows with its
+#: facts and not with their square.
+MAX_CLAIM_CONTROLS = 10
 N_DISTRACTORS = 4
 
 
@@ -70,12 +74,13 @@ class ProbeContext:
     def controls(self, fact: Fact) -> tuple[str, ...]:
         """The fact's control subjects: the same for every probe of the fact.
 
-        First the other subjects of the claim whose answer to the fact's relation is one of the
-        fact's distractors: under the claim that the model forgot them all, they are as unknown
-        to it as the fact's subject, and where it still knows them its mass goes to their own
-        answer, which each probe masks (`Probe.control_answers`). Subjects whose answer is none
-        of the options are never used: a model that knows them makes a confident pick among
-        options that are all wrong, which is not chance. Then, up to `n_controls`, made-up names
+        First, up to `MAX_CLAIM_CONTROLS` (or `n_controls` if more), the other subjects of the
+        claim whose answer to the fact's relation is one of the fact's distractors: under the
+        claim that the model forgot them all, they are as unknown to it as the fact's subject,
+        and where it still knows them its mass goes to their own answer, which each probe masks
+        (`Probe.control_answers`). Subjects whose answer is none of the options are never used:
+        a model that knows them makes a confident pick among options that are all wrong, which
+        is not chance. Then, up to `n_controls`, made-up names
         that no fact mentions, recombined from the words of two subjects whose answers are
         distractors (of the claim's subjects, then of any), then of any two subjects; their own
         answers, masked like a subject's, are those of the subjects they borrow words from.
@@ -93,7 +98,7 @@ class ProbeContext:
             if s != fact.subject and self.object_of(s, fact.relation) in distractors
         ]
         self.rng("controls", fact.id).shuffle(chosen)
-        chosen = chosen[:MAX_CONTROLS]
+        chosen = chosen[: max(MAX_CLAIM_CONTROLS, self.n_controls)]
         taken = set(chosen)
         claim_words, all_words = self._made_up_pools
         maskable = {

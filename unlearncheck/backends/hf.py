@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from unlearncheck.specs import resolve_spec
+from unlearncheck.specs import ModelSpecError, check_checkpoint, resolve_device, resolve_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_log = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that the device or the host ran out of memory."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "not enough memory" in text or "can't allocate" in text
+    )
 
 
 @dataclass(frozen=True)
@@ -47,13 +64,17 @@ class HFModel:
 
     Every prompt is encoded the same way: its tokens without special tokens, preceded by the
     tokenizer's BOS token when it has one. Batches are padded by hand, so the tokenizer is never
-    mutated.
+    mutated. A batch that runs out of memory is retried in halves, and no later batch of the
+    model is larger (`batch_limit`): the ``auto`` batch size (`unlearncheck.judge.AUTO_BATCH_SIZE`)
+    starts large and finds what fits.
 
     Attributes:
         spec: The spec the model was loaded from (or a caller-given name).
         model: The causal language model, in eval mode.
         tokenizer: Its tokenizer.
         device: The device inputs are sent to.
+        batch_limit: The largest batch that fitted after an out-of-memory error (None: none
+            happened).
     """
 
     def __init__(
@@ -71,6 +92,7 @@ class HFModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
+        self.batch_limit: int | None = None
         pad_id = tokenizer.pad_token_id
         self._pad_id: int = tokenizer.eos_token_id if pad_id is None else pad_id
         if self._pad_id is None:
@@ -83,34 +105,55 @@ class HFModel:
         *,
         device: str | None = None,
         dtype: str | None = None,
+        allow_pickle: bool = False,
         trust_remote_code: bool = False,
     ) -> HFModel:
         """Load a model from a spec (see `unlearncheck.specs.resolve_spec`); never downloads.
+
+        Everything is checked before a weight is read: the device, the dtype, the checkpoint
+        (`unlearncheck.specs.check_checkpoint`) and that the tokenizer fits the embedding.
 
         Args:
             spec: Organism spec, checkpoint directory or locally cached hub id.
             device: Torch device; defaults to "cuda" when available, else "cpu".
             dtype: "float32", "bfloat16" or "float16"; defaults to bfloat16 on CUDA and
                 float32 elsewhere.
+            allow_pickle: Load pickle weights (``pytorch_model.bin``) of a checkpoint without
+                safetensors; unpickling can execute code, so only for checkpoints you trust.
             trust_remote_code: Allow executing modelling code shipped with the checkpoint.
 
         Returns:
             The loaded model in eval mode.
 
         Raises:
-            ModelSpecError: If the spec resolves to no local checkpoint.
-            ValueError: If the dtype name is unknown.
+            ModelSpecError: If the spec resolves to no local checkpoint, the checkpoint is
+                refused, or its config, tokenizer or weights cannot be read, or its tokenizer
+                does not fit its embedding.
+            ValueError: If the device or the dtype is unknown.
         """
-        path = resolve_spec(spec)
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        target = resolve_device(device)
         if dtype is None:
             dtype = "bfloat16" if target.type == "cuda" else "float32"
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-        model = AutoModelForCausalLM.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype]
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        path = resolve_spec(spec)
+        check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
+        _check_vocabulary(path, tokenizer, config)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                config=config,
+                use_safetensors=None if allow_pickle else True,
+                trust_remote_code=trust_remote_code,
+                dtype=DTYPES[dtype],
+            )
+        except (OSError, SafetensorError) as err:
+            raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
         # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
         model = model.to(target)  # type: ignore[arg-type]
         loaded = cls(model, tokenizer, spec=spec, device=target)
@@ -179,7 +222,8 @@ class HFModel:
         self._score_single_tokens(encoded, by_context, scores, batch_size)
         longer = [i for i, (_, answer) in enumerate(encoded) if len(answer) > 1]
         order = sorted(longer, key=lambda i: -sum(map(len, encoded[i])))
-        for batch in chunks(order, batch_size):
+
+        def score(batch: list[int]) -> None:
             # The last answer token is never an input: nothing is predicted from it.
             inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
             ids, mask = self._pad(inputs, left=False)
@@ -198,6 +242,8 @@ class HFModel:
                 greedy = ((logprobs.argmax(dim=-1) == targets) | ~answer_mask).all(dim=1).tolist()
             for row, i in enumerate(batch):
                 scores[i] = AnswerScore(sums[row], len(encoded[i][1]), bool(greedy[row]))
+
+        self._in_batches(order, batch_size, score)
         return [score for score in scores if score is not None]
 
     def _score_single_tokens(
@@ -209,7 +255,8 @@ class HFModel:
     ) -> None:
         """One-token answers: one forward pass per distinct context serves all its answers."""
         contexts = sorted(by_context, key=len, reverse=True)
-        for batch in chunks(contexts, batch_size):
+
+        def score(batch: list[tuple[int, ...]]) -> None:
             ids, mask = self._pad([list(c) for c in batch], left=False)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
@@ -220,6 +267,8 @@ class HFModel:
                 for i in by_context[context]:
                     token = encoded[i][1][0]
                     scores[i] = AnswerScore(float(logprobs[row, token]), 1, best[row] == token)
+
+        self._in_batches(contexts, batch_size, score)
 
     def generate(
         self,
@@ -260,17 +309,18 @@ class HFModel:
             options.update(temperature=temperature, top_p=top_p, top_k=0)
         cuda = [self.device] if self.device.type == "cuda" else []
         results: list[list[str]] = []
+
+        def continue_batch(batch: list[str]) -> None:
+            ids, mask = self._pad(self._encode(batch), left=True)
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
+            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            results.extend(chunks(texts, num_samples))
+
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            for batch in chunks(list(prompts), batch_size):
-                ids, mask = self._pad(self._encode(batch), left=True)
-                with torch.inference_mode():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
-                texts = self.tokenizer.batch_decode(
-                    out[:, ids.shape[1] :], skip_special_tokens=True
-                )
-                results.extend(chunks(texts, num_samples))
+            self._in_batches(list(prompts), batch_size, continue_batch)
         return results
 
     def hidden_states(
@@ -292,7 +342,8 @@ class HFModel:
             float32 array of shape [n_prompts, n_layers, hidden_size].
         """
         rows: list[np.ndarray] = []
-        for batch in chunks(list(prompts), batch_size):
+
+        def read(batch: list[str]) -> None:
             encoded = self._encode(batch)
             ids, mask = self._pad(encoded, left=False)
             with torch.inference_mode():
@@ -303,7 +354,42 @@ class HFModel:
             last = torch.tensor([len(seq) - 1 for seq in encoded], device=ids.device)
             stacked = torch.stack(chosen, dim=1)[torch.arange(len(batch)), :, last]
             rows.append(stacked.float().cpu().numpy())
+
+        self._in_batches(list(prompts), batch_size, read)
         return np.concatenate(rows) if rows else np.empty((0, 0, 0), dtype=np.float32)
+
+    def _in_batches(
+        self, items: list[_Item], batch_size: int, run: Callable[[list[_Item]], None]
+    ) -> None:
+        """Call ``run`` on consecutive batches of ``items``, in order.
+
+        A batch that runs out of memory is retried at half the batch size (halved again until
+        the batch is cut), and the model keeps that size as its `batch_limit`; an out-of-memory
+        error on a single item is raised.
+        """
+        size = min(batch_size, self.batch_limit or batch_size)
+        at = 0
+        while at < len(items):
+            batch = items[at : at + size]
+            try:
+                run(batch)
+            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+                if len(batch) == 1 or not is_out_of_memory(error):
+                    raise
+                size //= 2
+                while size >= len(batch):
+                    size //= 2
+                self.batch_limit = size
+                _log.warning(
+                    "%s: out of memory at batch size %d; continuing at %d",
+                    self.spec,
+                    len(batch),
+                    size,
+                )
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            at += len(batch)
 
     def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt: BOS (when the tokenizer has one) + its plain tokens.
@@ -347,6 +433,19 @@ class HFModel:
             ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
+
+
+def _check_vocabulary(
+    path: Path, tokenizer: PreTrainedTokenizerBase, config: PreTrainedConfig
+) -> None:
+    """Refuse a tokenizer whose ids run past the model's embedding (they would index out of it)."""
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ModelSpecError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"{rows} rows (config.json vocab_size): token ids from {rows} up would index past "
+            "it, so the tokenizer does not belong to this model"
+        )
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

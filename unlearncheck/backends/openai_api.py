@@ -5,21 +5,53 @@ A black box: answers are scored from the server's echoed prompt log-probabilitie
 Attacks that need the weights (quantization, relearning, hidden-state probes) cannot run on it and
 report "not run". The spec is ``openai:<model name>@<base URL>``; the API key is read from
 ``$OPENAI_API_KEY`` and is never part of the spec, a log or an error message.
+
+Endpoint faults are retried with exponential backoff (or after the server's ``Retry-After``):
+connection errors, timeouts, HTTP 408/409/429/5xx, and responses that cannot be read (not JSON,
+no choices, no log-probabilities). Other HTTP errors (400, 401, 404, ...) are not retried. When
+the retries are spent, the request raises `EndpointError`, which claims report as "not run".
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import openai
 
 from unlearncheck.backends.hf import AnswerScore, chunks
-from unlearncheck.specs import ModelSpecError
+from unlearncheck.specs import ENDPOINT_PREFIX, ModelSpecError
 
-PREFIX = "openai:"
+logger = logging.getLogger(__name__)
+
+PREFIX = ENDPOINT_PREFIX
 #: Environment variable the API key is read from.
 API_KEY_ENV = "OPENAI_API_KEY"
+#: Longest ``Retry-After`` honoured, in seconds; a longer one falls back to the backoff.
+MAX_RETRY_AFTER = 60.0
+#: Longest wait between two tries, in seconds.
+MAX_BACKOFF = 30.0
+#: HTTP statuses retried besides 5xx: request timeout, conflict, rate limit.
+RETRIED_STATUSES = frozenset({408, 409, 429})
+#: Longest fault description kept in an error message, in characters.
+MAX_FAULT_CHARS = 200
+
+_T = TypeVar("_T")
+
+
+class EndpointError(RuntimeError):
+    """The endpoint gave no usable answer: a fault that is not retried, or one that lasted
+    through every retry. The message names the fault and never holds the API key."""
+
+
+class MalformedResponseError(Exception):
+    """A response that arrived but cannot be read: not JSON, no choices, no log-probabilities."""
 
 
 def is_openai_spec(spec: str) -> bool:
@@ -36,15 +68,38 @@ class OpenAIModel:
         base_url: The API's base URL (e.g. ``http://127.0.0.1:8000/v1``).
     """
 
-    def __init__(self, name: str, base_url: str, *, timeout: float = 60.0, retries: int = 3):
-        """Connect (lazily) to ``base_url``; the key comes from ``$OPENAI_API_KEY``."""
-        from openai import OpenAI
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        """Connect (lazily) to ``base_url``; the key comes from ``$OPENAI_API_KEY``.
 
+        Args:
+            name: The model name the server knows.
+            base_url: The API's base URL.
+            timeout: Seconds a request may take (connecting, or waiting for the answer).
+            retries: Tries after the first for a request that meets a transient fault.
+            backoff: Seconds before the first retry; each further retry waits twice as long
+                (at most `MAX_BACKOFF`), unless the server asks for a ``Retry-After``.
+        """
         self.name = name
         self.base_url = base_url
         self.spec = f"{PREFIX}{name}@{base_url}"
-        key = os.environ.get(API_KEY_ENV) or "not-needed"
-        self._client = OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=retries)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._secret = os.environ.get(API_KEY_ENV)
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=self._secret or "not-needed",
+            timeout=timeout,
+            max_retries=0,  # `_complete` retries every fault, unreadable responses too
+        )
 
     @classmethod
     def from_spec(cls, spec: str) -> OpenAIModel:
@@ -80,21 +135,19 @@ class OpenAIModel:
         text; ``greedy_match`` is whether each was the server's top choice.
 
         Raises:
-            ValueError: If the server returns no log-probabilities or no answer token.
+            EndpointError: If a batch got no usable answer (e.g. no log-probabilities) after
+                the retries.
         """
         out: list[AnswerScore] = []
         for batch in chunks(list(requests), batch_size):
-            response = self._client.completions.create(
-                model=self.name,
+            out += self._complete(
+                partial(_answer_scores, batch),
                 prompt=[prompt + answer for prompt, answer in batch],
                 echo=True,
                 max_tokens=0,
                 logprobs=1,
                 temperature=0,
             )
-            choices = sorted(response.choices, key=lambda c: c.index)
-            for (prompt, answer), choice in zip(batch, choices, strict=True):
-                out.append(_answer_score(prompt, answer, choice.logprobs))
         return out
 
     def generate(
@@ -109,11 +162,15 @@ class OpenAIModel:
         seed: int | None = None,
         batch_size: int = 32,
     ) -> list[list[str]]:
-        """Per prompt, ``num_samples`` continuations (greedy at temperature 0 unless sampling)."""
+        """Per prompt, ``num_samples`` continuations (greedy at temperature 0 unless sampling).
+
+        Raises:
+            EndpointError: If a batch got no usable answer after the retries.
+        """
         results: list[list[str]] = []
         for batch in chunks(list(prompts), batch_size):
-            response = self._client.completions.create(
-                model=self.name,
+            results += self._complete(
+                partial(_texts, len(batch), num_samples),
                 prompt=list(batch),
                 max_tokens=max_new_tokens,
                 temperature=temperature if do_sample else 0.0,
@@ -121,24 +178,140 @@ class OpenAIModel:
                 n=num_samples,
                 seed=seed,
             )
-            texts: list[list[str]] = [[] for _ in batch]
-            for choice in sorted(response.choices, key=lambda c: c.index):
-                texts[choice.index // num_samples].append(choice.text)
-            results.extend(texts)
         return results
+
+    def _complete(self, read: Callable[[Any], _T], **params: Any) -> _T:
+        """``read`` of the completions response to ``params``, asked again after each
+        transient fault, with backoff.
+
+        Raises:
+            EndpointError: On a fault that is not transient, or when the retries are spent.
+        """
+        attempt = 0
+        while True:
+            try:
+                return _read(read, self._client.completions.create(model=self.name, **params))
+            except (openai.APIError, json.JSONDecodeError, MalformedResponseError) as error:
+                fault = self._describe(error)
+                if not _is_transient(error):
+                    raise EndpointError(f"endpoint error: {fault}") from None
+                if attempt == self.retries:
+                    raise EndpointError(
+                        f"endpoint error after {attempt} retries: {fault}"
+                    ) from None
+                delay = _retry_after(error)
+                if delay is None:
+                    delay = min(self.backoff * 2**attempt, MAX_BACKOFF)
+                attempt += 1
+                logger.warning(
+                    "%s: %s; retry %d of %d in %.3g s",
+                    self.spec,
+                    fault,
+                    attempt,
+                    self.retries,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _describe(self, error: Exception) -> str:
+        """A one-line account of a fault, without the API key."""
+        if isinstance(error, openai.APITimeoutError):
+            text = f"no answer within {self.timeout:g} s"
+        elif isinstance(error, openai.APIConnectionError):
+            text = f"cannot connect to {self.base_url} ({error.__cause__ or error})"
+        elif isinstance(error, openai.APIStatusError):
+            text = f"HTTP {error.status_code} ({error.message})"
+        else:
+            text = f"malformed response ({error})"
+        if self._secret:
+            text = text.replace(self._secret, "[API key]")
+        return text if len(text) <= MAX_FAULT_CHARS else text[: MAX_FAULT_CHARS - 1] + "…"
+
+
+def _read(read: Callable[[Any], _T], response: Any) -> _T:
+    """``read(response)``, where any error means that the response is malformed."""
+    try:
+        return read(response)
+    except (TypeError, ValueError, LookupError, AttributeError) as error:
+        raise MalformedResponseError(f"{type(error).__name__}: {error}") from error
+
+
+def _is_transient(error: Exception) -> bool:
+    """Whether trying again may help: connection errors, timeouts, 408/409/429/5xx, garbage."""
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRIED_STATUSES or error.status_code >= 500
+    return True
+
+
+def _retry_after(error: Exception) -> float | None:
+    """Seconds the server asked to wait (``retry-after-ms`` or ``retry-after`` in seconds), when
+    it asked for at most `MAX_RETRY_AFTER`."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            seconds = float(error.response.headers.get(header, "")) * scale
+        except ValueError:
+            continue
+        if 0 <= seconds <= MAX_RETRY_AFTER:
+            return seconds
+    return None
+
+
+def _choices(response: Any, expected: int) -> list[Any]:
+    """The response's ``expected`` choices in index order.
+
+    Raises:
+        MalformedResponseError: If the response is no completion or has other choices.
+    """
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise MalformedResponseError(f"no choices in the {type(response).__name__} returned")
+    indices = [getattr(c, "index", None) for c in choices]
+    if len(choices) != expected or set(indices) != set(range(expected)):
+        raise MalformedResponseError(
+            f"expected choices 0 to {expected - 1}, got {len(choices)} with indices "
+            f"{sorted(map(str, indices))[:8]}"
+        )
+    return sorted(choices, key=lambda c: c.index)
+
+
+def _texts(prompts: int, per_prompt: int, response: Any) -> list[list[str]]:
+    """The generated texts of each prompt, from a response with ``per_prompt`` choices each."""
+    texts: list[list[str]] = [[] for _ in range(prompts)]
+    for choice in _choices(response, prompts * per_prompt):
+        if not isinstance(choice.text, str):
+            raise MalformedResponseError(f"choice {choice.index} has no text")
+        texts[choice.index // per_prompt].append(choice.text)
+    return texts
+
+
+def _answer_scores(batch: Sequence[tuple[str, str]], response: Any) -> list[AnswerScore]:
+    """The score of each (prompt, answer) of ``batch`` from the response's echoed choices."""
+    choices = _choices(response, len(batch))
+    return [
+        _answer_score(prompt, answer, choice.logprobs)
+        for (prompt, answer), choice in zip(batch, choices, strict=True)
+    ]
 
 
 def _answer_score(prompt: str, answer: str, logprobs: Any) -> AnswerScore:
-    if logprobs is None or not logprobs.tokens:
-        raise ValueError("the server returned no log-probabilities (it must support echo)")
+    """The answer's log-probability from the echoed log-probabilities of ``prompt + answer``.
+
+    Raises:
+        MalformedResponseError: If they are missing, uneven, or cover no answer token.
+    """
+    tokens: Any = getattr(logprobs, "tokens", None)
+    token_logprobs: Any = getattr(logprobs, "token_logprobs", None)
+    text_offset: Any = getattr(logprobs, "text_offset", None)
+    top_logprobs: Any = getattr(logprobs, "top_logprobs", None) or [None] * len(tokens or [])
+    columns = (tokens, token_logprobs, text_offset, top_logprobs)
+    if not tokens or not all(isinstance(c, list) and len(c) == len(tokens) for c in columns):
+        raise MalformedResponseError(
+            "no log-probabilities for each echoed token (the server must support echo)"
+        )
     total, n, greedy = 0.0, 0, True
-    for token, logprob, offset, top in zip(
-        logprobs.tokens,
-        logprobs.token_logprobs,
-        logprobs.text_offset,
-        logprobs.top_logprobs or [None] * len(logprobs.tokens),
-        strict=True,
-    ):
+    for token, logprob, offset, top in zip(*columns, strict=True):
         if offset < len(prompt) or logprob is None:
             continue
         if offset >= len(prompt) + len(answer):
@@ -147,5 +320,5 @@ def _answer_score(prompt: str, answer: str, logprobs: Any) -> AnswerScore:
         n += 1
         greedy = greedy and bool(top) and max(top, key=top.get) == token
     if n == 0:
-        raise ValueError(f"answer {answer!r} got no tokens after prompt {prompt!r}")
+        raise MalformedResponseError(f"answer {answer!r} got no tokens after prompt {prompt!r}")
     return AnswerScore(total, n, greedy)

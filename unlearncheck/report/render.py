@@ -5,7 +5,10 @@ hashes, seed, package versions, git revision, date), a claims × attacks summary
 every failing fact (attack, probe lineage, prompt, output, answer, score against its baseline,
 tolerance, probes and leaks, p-value), the reason of every inconclusive fact, and the passing
 facts collapsed to one line each, so that large runs stay small. Every string taken from the log
-goes through jinja2 autoescaping: model output is untrusted text.
+is untrusted text (model output, prompts, entity names, model specs): it is shown through
+`unlearncheck.untrusted.shown` (active characters such as ANSI escapes, NUL, bidi overrides and
+lone surrogates written as visible escapes; text cut after `MAX_TEXT_CHARS` characters with a
+marker; the run log keeps it whole), then jinja2 autoescaping.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from unlearncheck.runlog import read_runlog, redact
+from unlearncheck.untrusted import shown
 
 Record = dict[str, Any]
 
@@ -32,6 +37,8 @@ SEVERITY = ("FAIL", "INCONCLUSIVE", "PASS", NOT_RUN)
 MAX_EVIDENCE = 3
 """Probe results shown per decisive attack of a failing fact (strongest first)."""
 MAX_EXTRA_CHARS = 300
+MAX_TEXT_CHARS = 10_000
+"""Characters of one string of the log shown in the report (a prompt, an output, a name)."""
 CHART_LABEL_WIDTH = 170
 CHART_BAR_WIDTH = 420
 CHART_TEXT_WIDTH = 260
@@ -406,17 +413,33 @@ def _compact(value: Any) -> str:
     return text if len(text) <= MAX_EXTRA_CHARS else text[: MAX_EXTRA_CHARS - 1] + "…"
 
 
+def _shown(value: Any) -> Any:
+    """A string as the report shows it (`shown`, keeping line breaks and tabs); markup the
+    template made itself and anything else as it is."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return shown(value, limit=MAX_TEXT_CHARS, keep="\n\t")
+    return value
+
+
+@jinja2.pass_eval_context
+def _join(context: jinja2.nodes.EvalContext, items: Iterable[Any], separator: str = "") -> str:
+    """jinja2's ``join`` with every item shown through `_shown` first."""
+    return jinja2.filters.do_join(context, [_shown(item) for item in items], separator)
+
+
 @cache
 def _environment() -> jinja2.Environment:
-    """The jinja2 environment: autoescaping on for every template, compact whitespace."""
+    """The jinja2 environment: every printed value and joined item through `_shown`, then
+    autoescaping; compact whitespace."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_TEMPLATES),
         autoescape=True,
         undefined=jinja2.ChainableUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
-    env.filters.update(css=_css, num=_num, pval=_pval, compact=_compact)
+    env.filters.update(css=_css, num=_num, pval=_pval, compact=_compact, join=_join)
     return env
 
 
