@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,35 @@ def test_a_killed_run_resumes_without_losing_a_committed_score(
         HFModel.load(str(tiny_checkpoint), device="cpu"), _requests(2000)
     )
     assert resumed == pytest.approx(fresh, abs=1e-4)
+
+
+class CountingGenerator(CountingModel):
+    """A `CountingModel` that also counts the prompts it is asked to continue."""
+
+    def __init__(self, model: HFModel) -> None:
+        super().__init__(model)
+        self.continued = 0
+
+    def generate(self, prompts: Sequence[str], **options: Any) -> list[list[str]]:
+        self.continued += len(prompts)
+        return self.inner.generate(prompts, **options)
+
+
+def test_seeded_and_greedy_generations_are_cached_unseeded_samples_are_not(
+    tiny_checkpoint: Path, fresh_judge_cache: Path
+) -> None:
+    prompts = [prompt for prompt, _ in _requests(12)]
+    sampled = {"do_sample": True, "temperature": 1.5, "num_samples": 3, "max_new_tokens": 4}
+    first = CountingGenerator(HFModel.load(str(tiny_checkpoint), device="cpu"))
+    seeded = judge.generate(first, prompts, seed=7, **sampled)
+    greedy = judge.generate(first, prompts, max_new_tokens=4)
+    assert first.continued == 24
+    judge.use_score_cache(fresh_judge_cache)  # as a new process would open it
+    again = CountingGenerator(HFModel.load(str(tiny_checkpoint), device="cpu"))
+    assert judge.generate(again, prompts, seed=7, **sampled) == seeded
+    assert judge.generate(again, prompts, max_new_tokens=4) == greedy
+    assert again.continued == 0
+    other_seed = judge.generate(again, prompts, seed=8, **sampled)
+    assert again.continued == 12 and other_seed != seeded
+    unseeded = [judge.generate(again, prompts, **sampled) for _ in range(2)]
+    assert again.continued == 36 and unseeded[0] != unseeded[1]

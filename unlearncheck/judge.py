@@ -20,6 +20,8 @@ exceeds the tolerance.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +74,8 @@ _batch_size = 64
 #: The batch size ``auto``: where scoring starts; a model halves it on out-of-memory until a batch
 #: fits and keeps what fitted (`unlearncheck.backends.hf.HFModel.batch_limit`).
 AUTO_BATCH_SIZE = 512
+#: Prompts per `generate` call of a model.
+GENERATION_BATCH_SIZE = 32
 
 
 def set_batch_size(size: int | Literal["auto"]) -> None:
@@ -120,6 +124,67 @@ def model_key(model: ScoringModel) -> str:
     """What identifies a model's scores: its device and content hash (weights, dtypes,
     quantization state and tokenizer)."""
     return f"{getattr(model, 'device', '')}|{model.content_hash}"
+
+
+class GeneratingModel(ScoringModel, Protocol):
+    """A model that also continues prompts (`unlearncheck.backends.hf.HFModel.generate`)."""
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = ...,
+        do_sample: bool = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        num_samples: int = ...,
+        seed: int | None = ...,
+        batch_size: int = ...,
+    ) -> list[list[str]]: ...
+
+
+def generate(
+    model: GeneratingModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """``model.generate`` with these arguments, read from the score cache when the same call was
+    made on the same model before.
+
+    Only reproducible calls are cached: greedy ones, and sampled ones with a seed (a sample
+    without a seed is drawn afresh every time). The batch size is part of the call, since the
+    samples of a seeded call depend on how prompts are batched (`GENERATION_BATCH_SIZE`).
+    """
+
+    def run() -> list[list[str]]:
+        return model.generate(
+            prompts,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            num_samples=num_samples,
+            seed=seed,
+            batch_size=GENERATION_BATCH_SIZE,
+        )
+
+    disk = _score_cache if getattr(model, "cacheable", True) else None
+    if disk is None or (do_sample and seed is None):
+        return run()
+    options = [max_new_tokens, do_sample, temperature, top_p, num_samples, seed]
+    call = json.dumps([list(prompts), options, GENERATION_BATCH_SIZE])
+    digest, key = hashlib.sha256(call.encode()).hexdigest(), model_key(model)
+    cached = disk.get_generation(key, digest)
+    if cached is None:
+        cached = run()
+        disk.put_generation(key, digest, cached)
+    return cached
 
 
 class Scorer:

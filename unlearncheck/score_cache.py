@@ -1,4 +1,4 @@
-"""A content-keyed, on-disk cache of answer log-likelihoods (SQLite).
+"""A content-keyed, on-disk cache of answer log-likelihoods and generations (SQLite).
 
 A row is keyed by the model's identity (device and the content hash of its weights and tokenizer)
 with a digest of the scoring code (``backends/hf.py``, so that an upgrade never reuses scores
@@ -7,16 +7,21 @@ token count: what ``ScoringModel.score_answers`` returns, before any readout. Ro
 small chunks as they are computed, so a re-run of an unchanged suite computes nothing and a run
 killed halfway resumes where it stopped. SQLite's write-ahead log lets pytest-xdist workers share
 one file.
+
+Generations are kept per call: the model's key, a digest of the prompts and the generation
+options (seed included), and the continuations. Only reproducible calls are stored (greedy, or
+sampled with a seed; see `unlearncheck.judge.generate`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-#: Digest of the code that computes the scores; part of every key.
+#: Digest of the code that computes the scores and generations; part of every key.
 SCORING_CODE = hashlib.sha256(
     (Path(__file__).parent / "backends" / "hf.py").read_bytes()
 ).hexdigest()[:16]
@@ -29,7 +34,13 @@ CREATE TABLE IF NOT EXISTS loglikelihoods (
     logprob REAL NOT NULL,
     n_tokens INTEGER NOT NULL,
     PRIMARY KEY (model, prompt, continuation)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generations (
+    model TEXT NOT NULL,
+    call TEXT NOT NULL,
+    continuations TEXT NOT NULL,
+    PRIMARY KEY (model, call)
+) WITHOUT ROWID;
 """
 #: Requests looked up per SQL statement (below SQLite's default limit of host parameters).
 _LOOKUP_CHUNK = 300
@@ -45,7 +56,7 @@ class ScoreCache:
             self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as error:
             raise ValueError(f"{path}: not a usable unlearncheck score cache: {error}") from error
 
@@ -76,6 +87,22 @@ class ScoreCache:
             self._db.executemany(
                 "INSERT OR REPLACE INTO loglikelihoods VALUES (?, ?, ?, ?, ?)",
                 [(f"{SCORING_CODE}|{model}", p, c, lp, n) for p, c, lp, n in rows],
+            )
+
+    def get_generation(self, model: str, call: str) -> list[list[str]] | None:
+        """The continuations of a generation ``call`` (a digest) of ``model``, if cached."""
+        row = self._db.execute(
+            "SELECT continuations FROM generations WHERE model = ? AND call = ?",
+            (f"{SCORING_CODE}|{model}", call),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_generation(self, model: str, call: str, continuations: list[list[str]]) -> None:
+        """Store the continuations of a generation ``call`` of ``model``."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?)",
+                (f"{SCORING_CODE}|{model}", call, json.dumps(continuations)),
             )
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unlearncheck import judge
 from unlearncheck.attacks.input import (
     InputAttack,
     ProbeContext,
@@ -154,10 +155,10 @@ def sample_probes(
         "top_p": attack.top_p,
         "seed": seed,
     }
-    samples = model.generate([p.prompt for p in probes], num_samples=attack.n, **options)
+    samples = judge.generate(model, [p.prompt for p in probes], num_samples=attack.n, **options)
     controls = [c for p in probes for c in p.control_prompts()]
     control_samples = (
-        model.generate(controls, num_samples=attack.control_n, **options) if controls else []
+        judge.generate(model, controls, num_samples=attack.control_n, **options) if controls else []
     )
     out, at = [], 0
     for probe, own in zip(probes, samples, strict=True):
