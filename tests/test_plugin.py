@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from unlearncheck.pytest_plugin import worker_gpu
 from unlearncheck.runlog import read_runlog
 
 pytest_plugins = ["pytester"]
@@ -270,3 +271,30 @@ def test_verdicts_go_to_pytest_html_extras_when_it_is_installed(
         {"name": "earlier"},
         {"content": {"claim": "c", "status": "FAIL"}, "name": "unlearncheck verdict"},
     ]
+
+
+def test_worker_gpu_is_round_robin_over_the_visible_gpus() -> None:
+    assert [worker_gpu(f"gw{n}", ["3", "5"]) for n in range(4)] == ["3", "5", "3", "5"]
+    assert worker_gpu("gw1", ["0"]) is None  # one GPU: every worker shares it
+    assert worker_gpu("master", ["0", "1"]) is None
+
+
+def test_each_xdist_worker_sees_only_its_gpu(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # what the user left visible
+    pytester.makepyfile(
+        test_gpus="""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_gpu(i, worker_id):
+            with open(f"gpu-{worker_id}.txt", "w") as seen:
+                seen.write(os.environ["CUDA_VISIBLE_DEVICES"])
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
+    result.assert_outcomes(passed=4)
+    seen = {p.name: p.read_text() for p in pytester.path.glob("gpu-*.txt")}
+    assert seen == {"gpu-gw0.txt": "3", "gpu-gw1.txt": "5"}

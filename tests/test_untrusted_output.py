@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from unlearncheck.equivalence import EquivalenceVerdict, FadeResult, FadeSample
@@ -96,10 +96,10 @@ def repeated(payload: str, length: int) -> str:
 
 #: Text longer than the report shows (the terminal shows less still).
 LONG_PAYLOADS = st.builds(
-    repeated, SHORT_PAYLOADS, st.integers(MAX_TEXT_CHARS + 1, 4 * MAX_TEXT_CHARS)
+    repeated, SHORT_PAYLOADS, st.integers(MAX_TEXT_CHARS + 1, 2 * MAX_TEXT_CHARS)
 )
-#: Short payloads, and one time in eight a long one.
-PAYLOADS = st.integers(0, 7).flatmap(lambda draw: SHORT_PAYLOADS if draw else LONG_PAYLOADS)
+#: Short payloads, and one time in twelve a long one.
+PAYLOADS = st.integers(0, 11).flatmap(lambda draw: SHORT_PAYLOADS if draw else LONG_PAYLOADS)
 #: Every payload, then words to a megabyte (a model that does not stop): each property runs on it.
 MEGABYTE_OF_OUTPUT = "".join(NASTY) + repeated(" and so on", MEGABYTE)
 #: Ends the text of the report and terminal properties: shown only when nothing is cut.
@@ -109,6 +109,17 @@ END = " [end of the untrusted text]"
 def active(text: str, allowed: str = "") -> set[str]:
     """The active characters of ``text`` outside ``allowed``."""
     return {c for c in set(text) - set(allowed) if unicodedata.category(c) in ACTIVE}
+
+
+def count_kinds(text: str) -> None:
+    """Count in hypothesis's statistics what the example holds: markup, which active characters,
+    and whether it is longer than the report shows."""
+    for category in sorted({unicodedata.category(c) for c in active(text)}):
+        event(f"has {category} characters")
+    if "<" in text:
+        event("has markup")
+    if len(text) > MAX_TEXT_CHARS:
+        event("longer than the report shows")
 
 
 def claim_verdict(text: str) -> Verdict:
@@ -300,6 +311,7 @@ def test_shown_escapes_active_characters_visibly_and_cuts_long_text() -> None:
 @example(text=MEGABYTE_OF_OUTPUT)
 @given(text=PAYLOADS)
 def test_the_run_log_keeps_untrusted_text_one_record_a_line(text: str) -> None:
+    count_kinds(text)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "run.jsonl"
         written = write_run(path, text)
@@ -320,6 +332,7 @@ def test_the_run_log_keeps_untrusted_text_one_record_a_line(text: str) -> None:
 @example(text=MEGABYTE_OF_OUTPUT)
 @given(text=PAYLOADS)
 def test_the_html_report_shows_untrusted_text_inertly(text: str) -> None:
+    count_kinds(text)
     text += END
     with tempfile.TemporaryDirectory() as directory:
         parsed, page = parse_report(text, Path(directory))
@@ -351,6 +364,7 @@ def terminal_lines(text: str) -> list[str]:
 @example(text=MEGABYTE_OF_OUTPUT)
 @given(text=PAYLOADS)
 def test_the_terminal_shows_untrusted_text_inertly(text: str) -> None:
+    count_kinds(text)
     text += END
     lines = terminal_lines(text)
     assert not active("".join(lines))

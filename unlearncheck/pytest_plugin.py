@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -233,16 +233,45 @@ SESSION_ENV = "UNLEARNCHECK_SESSION"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the collector of verdicts in the controller (or the only process)."""
+    """Register the collector of verdicts in the controller (or the only process); pin each
+    xdist worker to its GPU."""
     if not _is_worker(config):
         os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
         config.pluginmanager.register(Collector(config), "unlearncheck-collector")
+        return
+    if get_options(config).device in (None, "cuda"):
+        _pin_gpu(config.workerinput["workerid"])  # type: ignore[attr-defined]
+
+
+def worker_gpu(worker: str, visible: Sequence[str]) -> str | None:
+    """The GPU an xdist worker (``gw<n>``) uses: the n-th of the ``visible`` ones, round robin
+    (None when fewer than two are visible, or for a process that is not a worker)."""
+    if len(visible) < 2 or not worker.startswith("gw"):
+        return None
+    return visible[int(worker[2:]) % len(visible)]
+
+
+def _pin_gpu(worker: str) -> None:
+    """Make only this worker's GPU visible to it (``CUDA_VISIBLE_DEVICES``), within those the
+    user left visible, before CUDA starts: each worker then loads its models on its own GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+
+        # Counted through NVML, which neither starts CUDA nor caches the count.
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    else:
+        ids = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    gpu = worker_gpu(worker, ids)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def _case_log_path(config: pytest.Config, session: str, process: str) -> Path:
     """Where one process appends the case records of its claims (merged by the controller)."""
-    main = get_options(config).json
-    return main.with_name(f".{main.name}.{session}.{process}.cases")
+    from unlearncheck.runlog import case_log_path
+
+    return case_log_path(get_options(config).json, session, process)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -304,17 +333,6 @@ def _check_inputs(config: pytest.Config, options: Options) -> None:
 # --- fixtures ----------------------------------------------------------------------------------
 
 
-def _device(config: pytest.Config, device: str | None) -> str | None:
-    """The device, with a bare ``cuda`` pinned to one GPU per xdist worker."""
-    worker = getattr(config, "workerinput", {}).get("workerid", "")
-    if device != "cuda" or not worker.startswith("gw"):
-        return device
-    import torch
-
-    count = torch.cuda.device_count()
-    return f"cuda:{int(worker[2:]) % count}" if count > 1 else device
-
-
 def _share_cpu(config: pytest.Config) -> None:
     """In an xdist worker, use this worker's share of the CPU cores for torch's threads.
 
@@ -338,7 +356,7 @@ def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | No
     options = get_options(config)
     return load_model(
         spec,
-        device=_device(config, options.device),
+        device=options.device,
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,
     )
@@ -469,6 +487,10 @@ class _Test:
     duration: float = 0.0
 
 
+#: The phase pytest-xdist gives the report of a test whose worker died while running it.
+CRASHED_PHASE = "???"
+
+
 class Collector:
     """In the controller: verdicts from test reports to the run log, report and summary."""
 
@@ -477,12 +499,21 @@ class Collector:
         self.tests: dict[str, _Test] = {}
         self.seconds: dict[str, float] = {}
         self.records: list[dict[str, Any]] = []
+        #: Tests whose process died before they finished: ``not_completed`` records.
+        self.not_completed: list[dict[str, str]] = []
         self.log: RunLog | None = None
         self.html: Path | None = None
         self.html_error: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Track the test's outcome; write its verdicts when its last phase is reported."""
+        """Track the test's outcome; write its verdicts when its last phase is reported, or that
+        it did not complete when its worker crashed."""
+        if report.when == CRASHED_PHASE:
+            self.tests.pop(report.nodeid, None)
+            self.not_completed.append({"test": report.nodeid, "reason": str(report.longrepr)})
+            if self.log is not None:  # else written when the log starts (if a claim ran)
+                self.log.write("not_completed", self.not_completed[-1])
+            return
         test = self.tests.setdefault(report.nodeid, _Test())
         if report.when == "call":
             test.duration = report.duration
@@ -501,20 +532,33 @@ class Collector:
             self.write(verdict, report.nodeid, test)
             self.seconds[report.nodeid] = test.duration
 
-    def write(self, verdict: dict[str, Any], nodeid: str, test: _Test) -> None:
-        """Append the verdict (and its models) to the run log, started fresh on first use."""
+    def _open_log(self) -> RunLog:
+        """The session's run log, started fresh on first use: the earlier run's log and the
+        case logs that a killed session left next to it go."""
         if self.log is None:
-            from unlearncheck.runlog import RunLog
+            from unlearncheck.runlog import RunLog, case_logs
 
             path = get_options(self.config).json
             path.unlink(missing_ok=True)
-            self.log = RunLog(path)
+            session = os.environ.get(SESSION_ENV, "")
+            for other, leftovers in case_logs(path).items():
+                if other != session:
+                    for leftover in leftovers:
+                        leftover.unlink(missing_ok=True)
+            self.log = RunLog(path, header={"session": session})
+            for record in self.not_completed:
+                self.log.write("not_completed", record)
+        return self.log
+
+    def write(self, verdict: dict[str, Any], nodeid: str, test: _Test) -> None:
+        """Append the verdict (and its models) to the run log."""
+        log = self._open_log()
         config = verdict.get("config", {})
         for role in ("model", "reference", "original"):
             if config.get(role):
-                self.log.model(role, config[role], config.get(f"{role}_hash") or "")
+                log.model(role, config[role], config.get(f"{role}_hash") or "")
         record = {**verdict, "test": nodeid, "outcome": test.outcome, "duration": test.duration}
-        self.log.write("verdict", record)
+        log.write("verdict", record)
         self.records.append(record)
 
     @pytest.hookimpl(tryfirst=True)
@@ -533,17 +577,17 @@ class Collector:
             self.html_error = shown(f"{type(err).__name__}: {err}", limit=SUMMARY_CHARS)
 
     def _merge_cases(self) -> None:
-        """Append every process's case records to the run log and remove their files."""
+        """Append every process's case records to the run log (also those of a crashed worker
+        or of claims that never reached a verdict) and remove their files."""
         from unlearncheck import claims
-        from unlearncheck.runlog import read_runlog
+        from unlearncheck.runlog import case_logs, read_runlog
 
         claims.set_case_log(None)
-        pattern = _case_log_path(self.config, os.environ.get(SESSION_ENV, ""), "*").name
-        for shard in sorted(get_options(self.config).json.parent.glob(pattern)):
-            if self.log is not None:
-                for record in read_runlog(shard):
-                    if record.pop("kind", None) == "case":
-                        self.log.write("case", record)
+        path = get_options(self.config).json
+        for shard in case_logs(path).get(os.environ.get(SESSION_ENV, ""), []):
+            for record in read_runlog(shard):
+                if record.pop("kind", None) == "case":
+                    self._open_log().write("case", record)
             shard.unlink()
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
@@ -556,7 +600,7 @@ class Collector:
 
     def summary(self) -> list[str]:
         """Lines of the terminal summary (empty when no claim ran)."""
-        if not self.records:
+        if self.log is None:
             return []
         claims = Counter(r["status"] for r in self.records)
         lines = [
@@ -565,7 +609,10 @@ class Collector:
             f"in {len(self.seconds)} tests ({sum(self.seconds.values()):.1f}s in their calls)"
         ]
         lines += _attack_lines(self.records)
-        assert self.log is not None
+        for record in self.not_completed:
+            reason = shown(record["reason"], limit=SUMMARY_CHARS)
+            test = shown(record["test"], limit=SUMMARY_CHARS)
+            lines.append(f"did not complete: {test} ({reason})")
         lines.append(f"run log: {self.log.path}")
         if self.html is not None:
             lines.append(f"HTML report: {self.html}")

@@ -15,12 +15,13 @@ the pair encodes, as in any JSON reader.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import os
 import platform
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
@@ -88,8 +89,11 @@ def redact(value: Any) -> Any:
 class RunLog:
     """Appends JSON records to a file, flushing each; writes the header record once."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, header: Mapping[str, Any] | None = None) -> None:
+        """A run log at ``path``; ``header`` adds entries to its first record (when this
+        object starts the file)."""
         self.path = Path(path)
+        self._header = dict(header or {})
         self._file: TextIO | None = None
         self._models: set[str] = set()
 
@@ -107,6 +111,7 @@ class RunLog:
                         "python": platform.python_version(),
                         "git": git_revision(),
                         "pid": os.getpid(),
+                        **self._header,
                     },
                 )
         return self._file
@@ -149,3 +154,61 @@ def read_runlog(path: str | Path) -> Iterator[dict[str, Any]]:
             if number == len(lines) and not line.endswith("\n"):
                 return
             raise ValueError(f"{path}:{number}: invalid run log record: {err.msg}") from err
+
+
+def is_torn(path: str | Path) -> bool:
+    """Whether the last line of a run log is cut short (its writer was killed while writing it;
+    `read_runlog` skips it)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
+def case_log_path(run_log: Path, session: str, process: str) -> Path:
+    """Where one process of a pytest session appends the case records of its claims, next to the
+    session's run log; the session merges them into ``run_log`` when it ends."""
+    return run_log.with_name(f".{run_log.name}.{session}.{process}.cases")
+
+
+def case_logs(run_log: Path) -> dict[str, list[Path]]:
+    """The case logs (`case_log_path`) next to ``run_log``, by the session that wrote them."""
+    prefix, suffix = f".{run_log.name}.", ".cases"
+    by_session: dict[str, list[Path]] = {}
+    for path in sorted(run_log.parent.glob(glob.escape(prefix) + "*" + suffix)):
+        session, _, _ = path.name[len(prefix) : -len(suffix)].rpartition(".")
+        by_session.setdefault(session, []).append(path)
+    return by_session
+
+
+def _session_of(run_log: Path) -> str | None:
+    """The pytest session named in the header of ``run_log`` (None: none, or no header)."""
+    with open(run_log, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        return None
+    return str(header["session"]) if isinstance(header, dict) and "session" in header else None
+
+
+def leftover_case_logs(run_log: Path) -> list[Path]:
+    """Case logs that a killed session left unmerged: those of the session that wrote
+    ``run_log`` or, when there is no run log (the session was killed before its first verdict),
+    those of the session that wrote last."""
+    by_session = case_logs(run_log)
+    if run_log.exists():
+        return by_session.get(_session_of(run_log) or "", [])
+    if not by_session:
+        return []
+    return max(by_session.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths))
+
+
+def read_run(run_log: Path) -> Iterator[dict[str, Any]]:
+    """The records of a run: those of its run log (when there is one), then the case records of
+    its `leftover_case_logs`."""
+    if run_log.exists():
+        yield from read_runlog(run_log)
+    for path in leftover_case_logs(run_log):
+        yield from (record for record in read_runlog(path) if record.get("kind") == "case")
