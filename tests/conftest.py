@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ def memory_for_rows(monkeypatch: pytest.MonkeyPatch) -> Callable[[HFModel, int],
         forward = model.model.forward
         ran: list[int] = []
 
+        @functools.wraps(forward)  # generate reads the forward's signature
         def limited(*args: Any, **kwargs: Any) -> Any:
             batch = (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[0]
             if batch > rows:

@@ -193,15 +193,21 @@ def _refuse_remote_code(path: Path, config: dict[str, Any]) -> None:
         )
 
 
+#: The device that spreads a model over every visible GPU (and the CPU when they are full):
+#: transformers' ``device_map="auto"``, which needs the ``accelerate`` package.
+SPREAD = "auto"
+
+
 def resolve_device(device: str | None) -> torch.device:
-    """The torch device named ``device`` (None: ``cuda`` when available, else ``cpu``).
+    """The torch device named ``device`` (None, or `SPREAD`: ``cuda`` when available, else
+    ``cpu``; for `SPREAD`, where the model's first layers go).
 
     Raises:
         ValueError: If torch knows no such device, or it is a CUDA device this machine lacks.
     """
     import torch
 
-    if device is None:
+    if device is None or device == SPREAD:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         target = torch.device(device)

@@ -22,7 +22,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from unlearncheck.specs import ModelSpecError, check_checkpoint, resolve_device, resolve_spec
+from unlearncheck.specs import (
+    SPREAD,
+    ModelSpecError,
+    check_checkpoint,
+    resolve_device,
+    resolve_spec,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _log = logging.getLogger(__name__)
@@ -115,7 +121,9 @@ class HFModel:
 
         Args:
             spec: Organism spec, checkpoint directory or locally cached hub id.
-            device: Torch device; defaults to "cuda" when available, else "cpu".
+            device: Torch device; defaults to "cuda" when available, else "cpu". ``auto``
+                (`unlearncheck.specs.SPREAD`) spreads a model too large for one GPU over all
+                visible GPUs (transformers' ``device_map="auto"``; needs ``accelerate``).
             dtype: "float32", "bfloat16" or "float16"; defaults to bfloat16 on CUDA and
                 float32 elsewhere.
             allow_pickle: Load pickle weights (``pytorch_model.bin``) of a checkpoint without
@@ -151,11 +159,17 @@ class HFModel:
                 use_safetensors=None if allow_pickle else True,
                 trust_remote_code=trust_remote_code,
                 dtype=DTYPES[dtype],
+                device_map=SPREAD if device == SPREAD else None,
             )
         except (OSError, SafetensorError) as err:
             raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
-        # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
-        model = model.to(target)  # type: ignore[arg-type]
+        except ImportError as err:  # device_map without accelerate
+            raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
+        if device == SPREAD:
+            target = model.device  # where inputs go: the first layers' device
+        else:
+            # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
+            model = model.to(target)  # type: ignore[arg-type]
         loaded = cls(model, tokenizer, spec=spec, device=target)
         loaded.source = Path(path)
         return loaded
