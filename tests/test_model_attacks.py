@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from unlearncheck.attacks import (
     sampling,
 )
 from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.model import MAX_HELD_VARIANTS
 from unlearncheck.attacks.readout import contains_answer
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.claims import load_model
@@ -165,3 +167,26 @@ def test_sampling_flags_leaks_that_greedy_decoding_misses(zoo: Path, forget: Fac
     for fact_id in missed_by_greedy:
         extra = verdict.fact(fact_id).outcome("sampling").extra
         assert 0 < extra["leaks"] / extra["samples"] <= extra["upper_bound"] < 1
+
+
+def test_variants_are_built_once_while_held_and_freed_after(tiny_checkpoint: Path) -> None:
+    """At most MAX_HELD_VARIANTS variants are held; the least recently used is freed first."""
+    model = HFModel.load(str(tiny_checkpoint), device="cpu")
+    context = ProbeContext(FactSet([]), FactSet([]), Templates.load())
+    built: list[str] = []
+
+    def attack(key: str) -> ModelAttack:
+        def derive(m: HFModel, _: ProbeContext) -> HFModel:
+            built.append(key)
+            return HFModel.from_pretrained_objects(copy.deepcopy(m.model), m.tokenizer, spec=key)
+
+        return ModelAttack(key, derive, key)
+
+    attacks = [attack(f"v{i}") for i in range(MAX_HELD_VARIANTS + 1)]
+    first = weakref.ref(attacks[0].variant(model, context))
+    assert attacks[0].variant(model, context) is first()  # held: not built again
+    for other in attacks[1:]:
+        other.variant(model, context)
+    assert first() is None  # the least recently used was freed
+    attacks[0].variant(model, context)
+    assert built == ["v0", *(a.key for a in attacks[1:]), "v0"]

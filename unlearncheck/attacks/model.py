@@ -4,13 +4,15 @@ A model attack derives a variant of the model under test (quantized, or fine-tun
 attacker's slice of the forget set) and runs input attacks on it. The same derivation is applied to
 the reference when one is given, so a gain that the attack would give any model (relearning teaches
 the answer) is not counted as recovered knowledge. Variants are built once per (attack, model) and
-kept for the process.
+held while in use: at most `MAX_HELD_VARIANTS`, the least recently used freed first.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,7 +33,11 @@ from unlearncheck.probes import Probe, question_of, statement_of
 
 #: Derives a variant of a model: (model, probe context) → variant.
 Derive = Callable[[HFModel, ProbeContext], HFModel]
-_VARIANTS: dict[tuple[str, str], HFModel] = {}
+#: Derived variants held at once (least recently used freed first): those of one attack on the
+#: model and the reference, and of the attack before, so a suite's tests share them while a large
+#: model's variants never pile up on the device.
+MAX_HELD_VARIANTS = 4
+_VARIANTS: OrderedDict[tuple[str, str], HFModel] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,15 @@ class ModelAttack:
         return replace(self, name=f"{base}>{'+'.join(a.name for a in inputs)}", inputs=inputs)
 
     def variant(self, model: HFModel, context: ProbeContext) -> HFModel:
-        """The derived variant of ``model`` (cached by settings and the model's content hash)."""
+        """The derived variant of ``model``, built once while it is held (keyed by settings and
+        the model's content hash; at most `MAX_HELD_VARIANTS` are held)."""
         cache_key = (self.key, model.content_hash)
-        if cache_key not in _VARIANTS:
-            _VARIANTS[cache_key] = self.derive(model, context)
+        if cache_key in _VARIANTS:
+            _VARIANTS.move_to_end(cache_key)
+            return _VARIANTS[cache_key]
+        while len(_VARIANTS) >= MAX_HELD_VARIANTS:
+            _free(_VARIANTS.popitem(last=False)[1])
+        _VARIANTS[cache_key] = self.derive(model, context)
         return _VARIANTS[cache_key]
 
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
@@ -75,6 +86,15 @@ class ModelAttack:
 
     def __repr__(self) -> str:
         return f"<attack {self.name}>"
+
+
+def _free(variant: HFModel) -> None:
+    """Release a variant's memory (its device memory at once, when on CUDA)."""
+    device = variant.device
+    del variant
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _quantized(kind: quantization.QuantKind) -> Derive:
