@@ -181,6 +181,8 @@ def test_qa_form_only_fails_and_xdist_gives_the_same_verdicts(
     serial.stdout.fnmatch_lines(["*ForgettingAssertionError*", "claims: 0 passed, 2 failed*"])
     statuses = {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)}
     assert {s[1:] for s in statuses} == {("FAIL", "failed")} and len(statuses) == 2
+    fact_statuses = _fact_statuses(log)
+    assert {"PASS", "FAIL"} <= {status for *_, status in fact_statuses}
 
     parallel = _run(pytester, "qa_form_only", "-n", "2")
     assert parallel.ret == pytest.ExitCode.TESTS_FAILED
@@ -191,6 +193,7 @@ def test_qa_form_only_fails_and_xdist_gives_the_same_verdicts(
     assert {c["fact_id"] for c in cases} == {f for v in _verdicts(log) for f in _fact_ids(v)}
     assert len(cases) >= 2 * 12 and not list(log.parent.glob(".*.cases"))
     assert {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)} == statuses
+    assert _fact_statuses(log) == fact_statuses  # fact by fact, as in one process
     assert (suite / "reports" / "unlearncheck.html").exists()
 
 
@@ -219,6 +222,11 @@ def test_a_claim_replayed_within_a_test_is_reported_once(
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     verdicts = _verdicts(pytester.path / "reports" / "unlearncheck.jsonl")
     assert sorted(v["claim"] for v in verdicts) == ["other", "other", "replayed"]
+
+
+def _fact_statuses(path: Path) -> set[tuple[str, str, str]]:
+    """(test, fact id, status) of every fact of every verdict in the run log."""
+    return {(v["test"], f["fact_id"], f["status"]) for v in _verdicts(path) for f in v["facts"]}
 
 
 def _fact_ids(verdict: dict[str, Any]) -> list[str]:
