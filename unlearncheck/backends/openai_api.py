@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -180,17 +180,44 @@ class OpenAIModel:
             )
         return results
 
-    def _complete(self, read: Callable[[Any], _T], **params: Any) -> _T:
-        """``read`` of the completions response to ``params``, asked again after each
-        transient fault, with backoff.
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        read: Callable[[str], _T],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> _T:
+        """``read`` of the reply to the chat ``messages`` (one choice).
+
+        ``read`` may raise ``ValueError`` (``json.JSONDecodeError`` too), ``TypeError`` or
+        ``LookupError`` on a reply it cannot use: that is a malformed response, asked again.
+
+        Raises:
+            EndpointError: If no usable reply came after the retries.
+        """
+        return self._complete(
+            partial(_reply, read),
+            chat=True,
+            messages=[dict(message) for message in messages],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+
+    def _complete(self, read: Callable[[Any], _T], *, chat: bool = False, **params: Any) -> _T:
+        """``read`` of the completions (``chat``: chat completions) response to ``params``,
+        asked again after each transient fault, with backoff.
 
         Raises:
             EndpointError: On a fault that is not transient, or when the retries are spent.
         """
+        create = self._client.chat.completions.create if chat else self._client.completions.create
         attempt = 0
         while True:
             try:
-                return _read(read, self._client.completions.create(model=self.name, **params))
+                return _read(read, create(model=self.name, **params))
             except (openai.APIError, json.JSONDecodeError, MalformedResponseError) as error:
                 fault = self._describe(error)
                 if not _is_transient(error):
@@ -274,6 +301,15 @@ def _choices(response: Any, expected: int) -> list[Any]:
             f"{sorted(map(str, indices))[:8]}"
         )
     return sorted(choices, key=lambda c: c.index)
+
+
+def _reply(read: Callable[[str], _T], response: Any) -> _T:
+    """``read`` of the message text of a chat response's one choice."""
+    (choice,) = _choices(response, 1)
+    text = choice.message.content
+    if not isinstance(text, str):
+        raise MalformedResponseError("the chat reply has no text")
+    return read(text)
 
 
 def _texts(prompts: int, per_prompt: int, response: Any) -> list[list[str]]:
