@@ -94,6 +94,66 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Elicit triples and chains from a model (with LLM paraphrases and aliases when a generator
+    LLM is given) and write them as a facts file."""
+    from unlearncheck.backends.openai_api import EndpointError
+    from unlearncheck.claims import load_model
+    from unlearncheck.facts import load_facts
+    from unlearncheck.generator import (
+        GeneratorCache,
+        GeneratorConfig,
+        ProbeGenerator,
+        default_cache_path,
+        generate_facts,
+    )
+    from unlearncheck.specs import resolve_spec
+
+    check_spec(args.original)
+    facts_path = args.facts
+    if facts_path is None:
+        if not args.original.startswith(ORGANISM_PREFIX):
+            print(
+                "unlearncheck generate: --facts is needed unless --original is organism:<variant>",
+                file=sys.stderr,
+            )
+            return 2
+        facts_path = resolve_spec(args.original).parent / "facts.jsonl"
+    known = load_facts(facts_path)
+    subjects = args.subjects or sorted({f.subject for f in known if f.split == args.split})
+    unknown = [s for s in subjects if not known.about(s)]
+    if unknown or not subjects:
+        about = f"--subject {unknown[0]!r}" if unknown else f"--split {args.split!r}"
+        print(f"unlearncheck generate: {about}: no fact about it in {facts_path}", file=sys.stderr)
+        return 2
+    try:
+        config = GeneratorConfig(
+            base_url=args.generator_url, model=args.generator_model, depth=args.depth
+        )
+    except ValueError as error:
+        print(f"unlearncheck generate: {error}", file=sys.stderr)
+        return 2
+    cache = GeneratorCache(
+        None if args.cache == "off" else Path(args.cache) if args.cache else default_cache_path()
+    )
+    start = time.perf_counter()
+    try:
+        generated = generate_facts(
+            ProbeGenerator(config, cache), load_model(args.original), subjects, known
+        )
+    except EndpointError as error:
+        print(f"unlearncheck generate: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    generated.facts.to_jsonl(args.out)
+    print(
+        f"{len(subjects)} subjects: {len(generated.graph.triples)} triples elicited from "
+        f"{args.original}, {len(generated.chains)} chains, {sum(generated.answered)} answered by it"
+    )
+    print(f"wrote {len(generated.facts)} facts to {args.out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 #: Environment variable holding the API key ``unlearncheck serve`` requires (none when unset).
 SERVE_KEY_ENV = "UNLEARNCHECK_SERVE_API_KEY"
 
@@ -108,12 +168,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """Render the run log, with the case logs a killed pytest session left next to it."""
     from unlearncheck.report import render_report
+    from unlearncheck.runlog import is_torn, leftover_case_logs, read_run
 
-    if not args.runlog.exists():
+    leftovers = leftover_case_logs(args.runlog)
+    if not args.runlog.exists() and not leftovers:
         print(f"unlearncheck report: {args.runlog}: no such run log", file=sys.stderr)
         return 2
-    print(render_report(args.runlog, args.output))
+    if leftovers:
+        print(
+            f"unlearncheck report: {args.runlog}: the run was killed; reading the "
+            f"{len(leftovers)} case logs it left next to it",
+            file=sys.stderr,
+        )
+    for path in [args.runlog, *leftovers]:
+        if path.exists() and is_torn(path):
+            print(
+                f"unlearncheck report: {path}: the last line is cut short (its writer was "
+                "killed while writing it); skipped",
+                file=sys.stderr,
+            )
+    print(render_report(read_run(args.runlog), args.output))
     return 0
 
 
@@ -167,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
     serve.add_argument("--name", help="model id the API reports (default: the spec)")
     serve.set_defaults(run=_serve)
+    generate = commands.add_parser(
+        "generate",
+        help="elicit facts and multi-hop chains from a model (and LLM paraphrases and aliases) "
+        "into a facts file",
+        description="Replies are cached (--cache); the generator LLM's key is read from "
+        "$OPENAI_API_KEY.",
+    )
+    generate.add_argument(
+        "--original", required=True, help="the model to question (organism:<variant>, dir, openai:)"
+    )
+    generate.add_argument("--facts", type=Path, help="facts whose schema and subjects to use")
+    generate.add_argument(
+        "--subject", dest="subjects", action="append", help="subject to start from (repeatable)"
+    )
+    generate.add_argument(
+        "--split", default="forget", help="without --subject: the subjects of this split"
+    )
+    generate.add_argument("--depth", type=int, default=2, help="hops of the longest chain")
+    generate.add_argument("--generator-url", help="base URL of the generator LLM's chat API")
+    generate.add_argument("--generator-model", help="model name of the generator LLM")
+    generate.add_argument(
+        "--cache", help="SQLite file of replies (default: generator.sqlite in the cache dir; off)"
+    )
+    generate.add_argument("--out", type=Path, required=True, help="facts file (JSONL) to write")
+    generate.set_defaults(run=_generate)
     report = commands.add_parser("report", help="render the HTML report of a run log")
     report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
     report.add_argument(

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
     from unlearncheck.backends.openai_api import OpenAIModel
     from unlearncheck.facts import FactSet
+    from unlearncheck.generator import ProbeGenerator
     from unlearncheck.runlog import RunLog
     from unlearncheck.verdict import Verdict
 
@@ -61,6 +62,12 @@ _OPTIONS = (
         "cache",
         "SQLite score cache (default: scores.sqlite in the unlearncheck cache dir; off: none)",
     ),
+    (
+        "generator-url",
+        "base URL of an OpenAI-compatible chat API whose model writes paraphrases and aliases "
+        "(the generator fixture's llm_paraphrase, llm_alias); key from $OPENAI_API_KEY",
+    ),
+    ("generator-model", "model name of the generator LLM at --uc-generator-url"),
 )
 #: (name, help) of every switch: ``--uc-<name>`` on the command line, ``uc_<name> = true`` in the
 #: ini file.
@@ -96,6 +103,8 @@ class Options:
         cache: Score cache path (None: no cache on disk).
         allow_pickle: Load pickle weights of checkpoints without safetensors.
         trust_remote_code: Run the code checkpoints ship.
+        generator_url: Base URL of the generator LLM's API (None: no generator LLM).
+        generator_model: The generator LLM's model name.
     """
 
     model: str | None = None
@@ -110,6 +119,8 @@ class Options:
     cache: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    generator_url: str | None = None
+    generator_model: str | None = None
 
 
 _DEFAULTS = pytest.StashKey[dict[str, str]]()
@@ -213,6 +224,8 @@ def _resolve(config: pytest.Config) -> Options:
         cache=None if text("cache") == "off" else path("cache") or default_cache(),
         allow_pickle=switch("allow_pickle"),
         trust_remote_code=switch("trust_remote_code"),
+        generator_url=text("generator_url"),
+        generator_model=text("generator_model"),
     )
 
 
@@ -328,6 +341,12 @@ def _check_inputs(config: pytest.Config, options: Options) -> None:
     for name in ("report", "json"):
         if getattr(options, name).is_dir():
             raise pytest.UsageError(f"--uc-{name}: {getattr(options, name)} is a directory")
+    from unlearncheck.generator.config import GeneratorConfig
+
+    try:
+        GeneratorConfig(base_url=options.generator_url, model=options.generator_model)
+    except ValueError as error:
+        raise pytest.UsageError(f"--uc-generator-url/--uc-generator-model: {error}") from None
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -389,6 +408,21 @@ def original(pytestconfig: pytest.Config) -> HFModel | OpenAIModel | None:
 def reference(pytestconfig: pytest.Config) -> HFModel | OpenAIModel | None:
     """The retrained reference model (``--uc-reference``), or None."""
     return _load(pytestconfig, get_options(pytestconfig).reference)
+
+
+@pytest.fixture(scope="session")
+def generator(pytestconfig: pytest.Config) -> ProbeGenerator:
+    """The probe generator: ``generator.llm_paraphrase`` and ``generator.llm_alias`` when
+    ``--uc-generator-url`` and ``--uc-generator-model`` name a generator LLM, and
+    ``generator.elicited_multihop(original)`` always. Replies are cached in
+    ``generator.sqlite`` next to the score cache (in memory with ``--uc-cache off``)."""
+    from unlearncheck.generator import GeneratorCache, GeneratorConfig, ProbeGenerator
+    from unlearncheck.generator.cache import CACHE_FILE
+
+    options = get_options(pytestconfig)
+    path = options.cache.with_name(CACHE_FILE) if options.cache is not None else None
+    config = GeneratorConfig(base_url=options.generator_url, model=options.generator_model)
+    return ProbeGenerator(config, GeneratorCache(path))
 
 
 def suite_facts(config: pytest.Config) -> FactSet:

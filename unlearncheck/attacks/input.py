@@ -222,7 +222,7 @@ def _probe(
     subjects = ctx.controls(fact)
     controls = subjects
     if anchor != fact.subject:  # an alias is in the prompt: swap in the controls' aliases
-        controls = tuple(_alias_or_name(ctx, c) for c in subjects)
+        controls = tuple(alias_or_name(ctx, c) for c in subjects)
     return Probe(
         fact_id=fact.id,
         attack=attack,
@@ -237,7 +237,8 @@ def _probe(
     )
 
 
-def _alias_or_name(ctx: ProbeContext, subject: str) -> str:
+def alias_or_name(ctx: ProbeContext, subject: str) -> str:
+    """The first alias the known facts give ``subject``, else ``subject`` itself."""
     for fact in ctx.facts.about(subject):
         if fact.aliases:
             return fact.aliases[0]

@@ -10,6 +10,7 @@ Endpoint faults are retried with exponential backoff (or after the server's ``Re
 connection errors, timeouts, HTTP 408/409/429/5xx, and responses that cannot be read (not JSON,
 no choices, no log-probabilities). Other HTTP errors (400, 401, 404, ...) are not retried. When
 the retries are spent, the request raises `EndpointError`, which claims report as "not run".
+`OpenAIModel.chat` asks the chat completions API the same way (the generator LLM's requests).
 """
 
 from __future__ import annotations
