@@ -17,6 +17,7 @@ from typing import Any, Literal
 from unlearncheck import events
 from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack, ProbeContext, direct, paraphrase
 from unlearncheck.attacks.model import QUANT_KINDS, ModelAttack, quant_evidence
+from unlearncheck.attacks.psg import PSGAttack, run_psg
 from unlearncheck.attacks.readout import (
     HiddenProbeAttack,
     LinearProbeReadout,
@@ -36,6 +37,7 @@ from unlearncheck.judge import (
     benjamini_hochberg,
     chance_pools,
     decide,
+    generate,
     score_probes,
 )
 from unlearncheck.probes import Probe, Templates, question_of, statement_of
@@ -55,7 +57,7 @@ DEFAULT_ALPHA = 0.05
 #: the other facts of the forget set (see `calibration_peers`).
 CALIBRATION_FACTS = 48
 ModelLike = HFModel | OpenAIModel | str
-Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack
+Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack | PSGAttack
 
 _LOADED: dict[tuple[str, str | None, bool, bool], HFModel | OpenAIModel] = {}
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
@@ -230,7 +232,7 @@ class _Session:
             return
         prompts = [o.evidence[0].probe.prompt for o in targets]
         try:
-            texts = self.models.model.generate(prompts, max_new_tokens=max_new_tokens)
+            texts = generate(self.models.model, prompts, max_new_tokens=max_new_tokens)
         except EndpointError as error:
             for outcome in targets:
                 outcome.extra["output_not_generated"] = str(error)
@@ -314,9 +316,9 @@ def _check_attacks(attacks: Sequence[Attack]) -> None:
         TypeError: ``attacks`` is not a sequence of attacks (an attack name, for instance).
         ValueError: ``attacks`` is empty or repeats an attack.
     """
-    from unlearncheck.attacks import FULL_ATTACKS
+    from unlearncheck.attacks import FULL_ATTACKS, psg
 
-    names = [a.name for a in FULL_ATTACKS]
+    names = [a.name for a in (*FULL_ATTACKS, psg)]
     known = ", ".join(names)
     if isinstance(attacks, str | Attack):
         raise TypeError(f"attacks must be a list of attacks, got {attacks!r}")
@@ -452,10 +454,12 @@ def assert_forgotten(
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
     sessions: dict[str, _Session] = {}
     for attack in attacks:
-        # The peers' probes run too: their controls are part of the chance level.
+        # The peers' probes run too: their controls are part of the chance level (psg compares
+        # forgetting on the claim's own facts, with no chance level).
+        judged_facts = claim_facts if isinstance(attack, PSGAttack) else ctx.claim
         try:
             sessions[attack.name], judged = _run_attack(
-                attack, ctx.claim, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
+                attack, judged_facts, ctx, models, scorer, log, tolerance=tolerance, alpha=alpha
             )
         except EndpointError as error:
             judged = _not_run(attack.name, ctx.claim, str(error), blocking=True)
@@ -526,6 +530,11 @@ def _run_attack(
     ):
         reason = f"needs weights: {models.model.spec} is an API endpoint"
         return _Session(models, scorer, log), _not_run(attack.name, facts, reason, blocking=False)
+    if isinstance(attack, PSGAttack):
+        m = models
+        return _Session(models, scorer, log), run_psg(
+            attack, facts, ctx, scorer, m.model, m.original, m.reference, tolerance=tolerance
+        )
     if isinstance(attack, SamplingAttack):
         return _Session(models, scorer, log), _run_sampling(attack, facts, ctx, models, alpha=alpha)
     if isinstance(attack, HiddenProbeAttack):

@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from functools import cache
+from types import ModuleType
 from typing import Literal
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import bitsandbytes.functional as bnbf
-
 QuantKind = Literal["nf4", "fp4", "int8"]
 BLOCK_SIZE = 64
 SKIPPED_MODULES = ("lm_head",)
+
+
+@cache
+def _bnbf() -> ModuleType:
+    """``bitsandbytes.functional``, imported on first use (it takes seconds to import, and most
+    runs quantize nothing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import bitsandbytes.functional
+
+    return bitsandbytes.functional
 
 
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -45,10 +54,10 @@ def quantize_dequantize(weight: torch.Tensor, kind: QuantKind) -> torch.Tensor:
     """``weight`` ([out, in]) after a round trip through the bitsandbytes quantizer ``kind``."""
     w = weight.detach().float().contiguous()
     if kind == "int8":
-        codes, scales, _ = bnbf.int8_vectorwise_quant(w)
+        codes, scales, _ = _bnbf().int8_vectorwise_quant(w)
         return (codes.float() * scales.float()[:, None] / 127.0).to(weight.dtype)
-    packed, state = bnbf.quantize_4bit(w, blocksize=BLOCK_SIZE, quant_type=kind)
-    return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+    packed, state = _bnbf().quantize_4bit(w, blocksize=BLOCK_SIZE, quant_type=kind)
+    return _bnbf().dequantize_4bit(packed, state).to(weight.dtype)
 
 
 def quantize_model_(model: nn.Module, kind: QuantKind) -> nn.Module:
@@ -61,7 +70,7 @@ def quantize_model_(model: nn.Module, kind: QuantKind) -> nn.Module:
 
 def four_bit_codes(weight: torch.Tensor, kind: Literal["nf4", "fp4"] = "nf4") -> torch.Tensor:
     """The 4-bit code of every element of ``weight`` ([out, in]), flattened, as int64."""
-    packed, _ = bnbf.quantize_4bit(
+    packed, _ = _bnbf().quantize_4bit(
         weight.detach().float().contiguous(), blocksize=BLOCK_SIZE, quant_type=kind
     )
     flat = packed.flatten()
@@ -91,7 +100,7 @@ def nf4_cell_projector(
     its absmax, so nf4 quantization maps ``model`` exactly onto Q(``original``). Cells are shrunk
     by ``margin`` of their width on each side.
     """
-    values = bnbf.get_4bit_type("nf4", device="cpu").float()
+    values = _bnbf().get_4bit_type("nf4", device="cpu").float()
     edges = torch.cat([values[:1], (values[1:] + values[:-1]) / 2, values[-1:]])
     lower, upper = edges[:-1], edges[1:]
     width = upper - lower

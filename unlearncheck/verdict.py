@@ -65,12 +65,15 @@ class AttackOutcome:
             fact without aliases).
         n: Probes that counted (known to the original when one is given).
         leaks: Probes whose delta exceeded the tolerance.
-        effect: The fact's statistic: the mean delta of its probes.
+        effect: The fact's statistic: the mean delta of its probes (for ``psg``: the gap of
+            normalized forgetting between the forget item and its surrogates).
         null_n: How many chance statistics (control subject × option, pooled over the claim's
             facts) the effect was ranked among.
-        p_value: Share of chance statistics at least as large as the effect (permutation p).
+        p_value: Share of chance statistics at least as large as the effect (permutation p;
+            None for ``psg``, which has no chance level).
         significant: Recovered: kept by the Benjamini–Hochberg correction over every (fact,
-            attack) of the claim, with an effect above the tolerance.
+            attack) of the claim, with an effect above the tolerance (for ``psg``: the fact's
+            and the claim's forgetting gaps reach the attack's threshold).
         evidence: The strongest probe results (largest delta first).
         excluded: Probes left out because the original does not know them.
         extra: Attack-specific evidence (e.g. quantization codes changed, relearning gains).
@@ -186,11 +189,15 @@ class Verdict:
                 best = outcome.evidence[0]
                 vs = "reference" if self.config.get("reference") else "chance (control subjects)"
                 attack = shown(outcome.attack, limit=TERMINAL_CHARS)
-                lines.append(
-                    f"    attack {attack}: mean delta {outcome.effect:+.2f} over "
-                    f"{outcome.n} probes, {outcome.leaks} above the tolerance "
-                    f"(p={outcome.p_value:.2g} among {outcome.null_n} control statistics)"
-                )
+                if outcome.p_value is None:  # decided without a chance level (psg)
+                    reason = shown(outcome.reason, limit=TERMINAL_CHARS)
+                    lines.append(f"    attack {attack}: {reason}")
+                else:
+                    lines.append(
+                        f"    attack {attack}: mean delta {outcome.effect:+.2f} over "
+                        f"{outcome.n} probes, {outcome.leaks} above the tolerance "
+                        f"(p={outcome.p_value:.2g} among {outcome.null_n} control statistics)"
+                    )
                 prompt, answer = (
                     quoted(t, limit=TERMINAL_CHARS) for t in (best.probe.prompt, best.probe.answer)
                 )

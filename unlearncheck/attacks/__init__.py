@@ -2,8 +2,9 @@
 
 Input attacks derive new prompts; model attacks (``quant4``, ``quant4_fp4``, ``quant8``,
 ``relearn``) derive a variant of the model and ask it again; readout attacks (``sampling``,
-``hidden_probe``) read the knowledge another way. Model and readout attacks load torch, so they are
-imported on first use.
+``hidden_probe``) read the knowledge another way; ``psg`` compares forgetting on the forget items and
+on surrogate rewrites of them. Model and readout attacks load torch, so they are imported on
+first use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from unlearncheck.attacks.input import (
     prefix,
 )
 
+# Imported here, not on first use: the submodule ``psg`` would shadow a lazily exported ``psg``.
+from unlearncheck.attacks.psg import PSGAttack, psg
+
 _LAZY = {
     "ModelAttack": "model",
     "MODEL_ATTACKS": "model",
@@ -41,6 +45,7 @@ _LAZY = {
 __all__ = [
     "INPUT_ATTACKS",
     "InputAttack",
+    "PSGAttack",
     "ProbeContext",
     "alias",
     "direct",
@@ -48,6 +53,7 @@ __all__ = [
     "multihop",
     "paraphrase",
     "prefix",
+    "psg",
     *_LAZY,
 ]
 

@@ -175,6 +175,14 @@ class Interrupted:
 
 
 @dataclass(frozen=True)
+class NotCompleted:
+    """A test whose process died before it finished (a crashed pytest-xdist worker)."""
+
+    test: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class MetricsTable:
     """A ``metrics`` record of the run log: scorecards of models against one reference."""
 
@@ -196,6 +204,7 @@ class Report:
     claims: list[Claim]
     chart: Chart
     interrupted: list[Interrupted]
+    not_completed: list[NotCompleted]
     metrics: list[MetricsTable]
 
 
@@ -380,6 +389,10 @@ def build_report(records: Iterable[Record]) -> Report:
         claims=claims,
         chart=_chart(claims, attacks),
         interrupted=_interrupted(log),
+        not_completed=[
+            NotCompleted(str(r.get("test")), str(r.get("reason")))
+            for r in by_kind.get("not_completed", [])
+        ],
         metrics=[
             MetricsTable(str(r.get("reference")), str(r.get("facts")), list(r.get("rows") or []))
             for r in by_kind.get("metrics", [])
