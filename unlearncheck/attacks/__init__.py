@@ -2,8 +2,8 @@
 
 Input attacks derive new prompts; model attacks (``quant4``, ``quant4_fp4``, ``quant8``,
 ``relearn``) derive a variant of the model and ask it again; readout attacks (``sampling``,
-``hidden_probe``) read the knowledge another way; ``psg`` compares forgetting on the forget items and
-on surrogate rewrites of them. Model and readout attacks load torch, so they are imported on
+``hidden_probe``) read the knowledge another way; ``psg`` compares forgetting on the forget items
+and on surrogate rewrites of them. Model and readout attacks load torch, so they are imported on
 first use.
 """
 
