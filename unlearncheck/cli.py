@@ -178,8 +178,8 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     if leftovers:
         print(
-            f"unlearncheck report: {args.runlog}: the run was killed; reading the "
-            f"{len(leftovers)} case logs it left next to it",
+            f"unlearncheck report: {args.runlog}: its run was killed before merging its case "
+            f"logs; reading them too: {', '.join(path.name for path in leftovers)}",
             file=sys.stderr,
         )
     for path in [args.runlog, *leftovers]:

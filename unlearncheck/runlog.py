@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -182,24 +183,27 @@ def case_logs(run_log: Path) -> dict[str, list[Path]]:
     return by_session
 
 
-def _session_of(run_log: Path) -> str | None:
-    """The pytest session named in the header of ``run_log`` (None: none, or no header)."""
+def _header(run_log: Path) -> dict[str, Any] | None:
+    """The first record of ``run_log`` (None: no run log, or its first line is not whole)."""
+    if not run_log.exists():
+        return None
     with open(run_log, encoding="utf-8") as handle:
         first = handle.readline()
     try:
-        header = json.loads(first)
+        header = json.loads(first) if first.endswith("\n") else None
     except json.JSONDecodeError:
         return None
-    return str(header["session"]) if isinstance(header, dict) and "session" in header else None
+    return header if isinstance(header, dict) else None
 
 
 def leftover_case_logs(run_log: Path) -> list[Path]:
     """Case logs that a killed session left unmerged: those of the session that wrote
-    ``run_log`` or, when there is no run log (the session was killed before its first verdict),
-    those of the session that wrote last."""
+    ``run_log`` or, when there is no run log with a whole header (the session was killed
+    before its first verdict was written), those of the session that wrote last."""
     by_session = case_logs(run_log)
-    if run_log.exists():
-        return by_session.get(_session_of(run_log) or "", [])
+    header = _header(run_log)
+    if header is not None:
+        return by_session.get(str(header["session"]), []) if "session" in header else []
     if not by_session:
         return []
     return max(by_session.values(), key=lambda paths: max(p.stat().st_mtime_ns for p in paths))
@@ -207,8 +211,20 @@ def leftover_case_logs(run_log: Path) -> list[Path]:
 
 def read_run(run_log: Path) -> Iterator[dict[str, Any]]:
     """The records of a run: those of its run log (when there is one), then the case records of
-    its `leftover_case_logs`."""
+    its `leftover_case_logs` that the run log does not hold yet (a session killed while merging
+    them has copied some)."""
+    merged: Counter[str] = Counter()
     if run_log.exists():
-        yield from read_runlog(run_log)
+        for record in read_runlog(run_log):
+            if record.get("kind") == "case":
+                merged[json.dumps(record, sort_keys=True)] += 1
+            yield record
     for path in leftover_case_logs(run_log):
-        yield from (record for record in read_runlog(path) if record.get("kind") == "case")
+        for record in read_runlog(path):
+            if record.get("kind") != "case":
+                continue
+            key = json.dumps(record, sort_keys=True)
+            if merged[key]:
+                merged[key] -= 1
+            else:
+                yield record
