@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from unlearncheck.backends.openai_api import OpenAIModel
@@ -85,19 +86,12 @@ class GeneratorLLM:
             EndpointError: The generator LLM gave no usable reply after the retries.
         """
         request = PARAPHRASE_REQUEST.format(n=self.config.n, subject=subject, question=question)
-        kept: list[str] = []
-        rejected: list[tuple[str, str]] = []
-        seen = {_normal(question)}
-        for text in self._texts(request):
-            why = _paraphrase_fault(text, subject, answer)
-            if why is None and _normal(text) in seen:
-                why = "repeats the question or another paraphrase"
-            if why is None:
-                kept.append(text)
-                seen.add(_normal(text))
-            else:
-                rejected.append((text, why))
-        return Screened(tuple(kept), tuple(rejected))
+        return _screen(
+            self._texts(request),
+            question,
+            lambda text: _paraphrase_fault(text, subject, answer),
+            "repeats the question or another paraphrase",
+        )
 
     def aliases(self, subject: str, answer: str) -> Screened:
         """Other names of ``subject``, without those that leak ``answer`` (the alias stands in
@@ -106,19 +100,12 @@ class GeneratorLLM:
         Raises:
             EndpointError: The generator LLM gave no usable reply after the retries.
         """
-        kept: list[str] = []
-        rejected: list[tuple[str, str]] = []
-        seen = {_normal(subject)}
-        for text in self._texts(ALIAS_REQUEST.format(n=self.config.n, subject=subject)):
-            why = _alias_fault(text, answer)
-            if why is None and _normal(text) in seen:
-                why = "is the name itself or repeats another alias"
-            if why is None:
-                kept.append(text)
-                seen.add(_normal(text))
-            else:
-                rejected.append((text, why))
-        return Screened(tuple(kept), tuple(rejected))
+        return _screen(
+            self._texts(ALIAS_REQUEST.format(n=self.config.n, subject=subject)),
+            subject,
+            lambda text: _alias_fault(text, answer),
+            "is the name itself or repeats another alias",
+        )
 
     def _texts(self, request: str) -> list[str]:
         """The JSON list of strings the generator LLM replies to ``request`` (cached)."""
@@ -152,6 +139,26 @@ def parse_text_list(reply: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"the reply is not a JSON list of strings: {reply[:80]!r}")
     return [item.strip() for item in value]
+
+
+def _screen(
+    texts: list[str], original: str, fault: Callable[[str], str | None], repeated: str
+) -> Screened:
+    """``texts`` kept unless ``fault`` names why not, or they repeat ``original`` or a text kept
+    before them (``repeated`` is then the reason)."""
+    kept: list[str] = []
+    rejected: list[tuple[str, str]] = []
+    seen = {_normal(original)}
+    for text in texts:
+        why = fault(text)
+        if why is None and _normal(text) in seen:
+            why = repeated
+        if why is None:
+            kept.append(text)
+            seen.add(_normal(text))
+        else:
+            rejected.append((text, why))
+    return Screened(tuple(kept), tuple(rejected))
 
 
 def _paraphrase_fault(text: str, subject: str, answer: str) -> str | None:
