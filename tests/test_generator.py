@@ -564,3 +564,17 @@ def test_the_plugin_gives_a_generator_from_its_options(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--uc-generator-url/--uc-generator-model*both a base URL*"])
+
+
+def test_psg_takes_the_llm_paraphrases_as_its_first_candidate_rewrites(
+    scripted: Callable[..., ScriptedChatServer], birth_cities: FactSet, known: FactSet
+) -> None:
+    fact = birth_cities[0]
+    wording = f"Which town is the birthplace of {fact.subject}?"
+    server = scripted([texts(wording, f"Was {fact.subject} born in {fact.object}?")])
+    attack = llm_generator(server).psg
+    context = ProbeContext(known, FactSet([fact]), Templates.load())
+    rewrites = attack.candidate_rewrites(fact, context)
+    assert rewrites[0].form == "extra[0]" and wording in rewrites[0].prompt  # the leak is dropped
+    assert all(r.form != "extra[1]" for r in rewrites)
+    assert len(rewrites) == attack.k and attack.name == "psg"

@@ -1,5 +1,6 @@
 """The generator and the input attacks it makes: ``llm_paraphrase`` and ``llm_alias`` (texts from
-the generator LLM) and ``elicited_multihop`` (chains elicited from the original model).
+the generator LLM), ``elicited_multihop`` (chains elicited from the original model), and ``psg``
+with the generator LLM's paraphrases among its surrogates.
 
 They are attacks of their own, next to the template attacks ``paraphrase``, ``alias`` and
 ``multihop``, so a report tells what the generated probes found apart from what the templates
@@ -21,13 +22,14 @@ from unlearncheck.attacks.input import (
     attributed_probes,
     direct,
 )
+from unlearncheck.attacks.psg import PSGAttack, psg
 from unlearncheck.facts import Fact
 from unlearncheck.generator.cache import GeneratorCache, default_cache_path
 from unlearncheck.generator.config import GeneratorConfig
 from unlearncheck.generator.elicit import ElicitedGraph, Elicitor, Schema
 from unlearncheck.generator.llm import GeneratorLLM
 from unlearncheck.judge import GeneratingModel
-from unlearncheck.probes import Probe, question_of
+from unlearncheck.probes import Probe, Templates, question_of
 
 
 class ProbeGenerator:
@@ -74,6 +76,16 @@ class ProbeGenerator:
         """
         return InputAttack("llm_alias", partial(_llm_alias, self.llm))
 
+    @cached_property
+    def psg(self) -> PSGAttack:
+        """The ``psg`` attack with the generator LLM's paraphrases of each fact's question among
+        its rewrites (before the template ones; all pass the same similarity band).
+
+        Raises:
+            ValueError: No generator LLM is configured.
+        """
+        return replace(psg, extra_rewrites=partial(_llm_rewrites, self.llm, Templates.load()))
+
     def elicitor(self, original: GeneratingModel) -> Elicitor:
         """The elicitor questioning ``original`` (one per model, sharing what it was told)."""
         key = (original.spec, original.content_hash)
@@ -107,6 +119,14 @@ def _llm_paraphrase(llm: GeneratorLLM, fact: Fact, ctx: ProbeContext) -> list[Pr
         )
         for i, text in enumerate(screened.kept)
     ]
+
+
+def _llm_rewrites(llm: GeneratorLLM, templates: Templates, fact: Fact) -> list[str]:
+    """The generator LLM's screened paraphrases of the fact's question (none without one)."""
+    question = question_of(fact, templates)
+    return (
+        [] if question is None else list(llm.paraphrases(question, fact.subject, fact.object).kept)
+    )
 
 
 def _llm_alias(llm: GeneratorLLM, fact: Fact, ctx: ProbeContext) -> list[Probe]:
