@@ -34,6 +34,7 @@ from unlearncheck import events
 from unlearncheck.backends.hf import AnswerScore, HFModel
 from unlearncheck.claims import ModelLike, load_model
 from unlearncheck.facts import Fact
+from unlearncheck.judge import GeneratingModel
 from unlearncheck.probes import Templates, question_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.untrusted import quoted, shown
@@ -48,23 +49,8 @@ EVIDENCE = 5
 FLOOR_SEED_OFFSET = 1
 
 
-class SamplingModel(Protocol):
+class SamplingModel(GeneratingModel, Protocol):
     """What FADE needs of a model: sampling and teacher-forced scoring (as `HFModel` has)."""
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int = ...,
-        do_sample: bool = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        num_samples: int = ...,
-        seed: int | None = ...,
-        batch_size: int = ...,
-    ) -> list[list[str]]:
-        """Per prompt, ``num_samples`` decoded continuations."""
-        ...
 
     def score_answers(
         self, requests: Sequence[tuple[str, str]], *, batch_size: int = ...
