@@ -578,3 +578,47 @@ def test_psg_takes_the_llm_paraphrases_as_its_first_candidate_rewrites(
     assert rewrites[0].form == "extra[0]" and wording in rewrites[0].prompt  # the leak is dropped
     assert all(r.form != "extra[1]" for r in rewrites)
     assert len(rewrites) == attack.k and attack.name == "psg"
+
+
+def known_aliases(facts: FactSet) -> Step:
+    """A generator LLM that names the aliases the facts file gives the subject it is asked
+    about (the text a real LLM would write, from the project's own ground truth)."""
+    aliases = {f.subject: f.aliases for f in facts if f.aliases}
+
+    def step(body: dict[str, Any], authorization: str) -> tuple[int, bytes, dict[str, str]]:
+        subject = body["messages"][-1]["content"].split('"')[1]
+        return texts(*aliases.get(subject, ()))(body, authorization)
+
+    return step
+
+
+@pytest.mark.parametrize(
+    ("attack", "script", "caught"),
+    [("llm_paraphrase", "tell_me", "quant_fragile"), ("llm_alias", "aliases", "quant_fragile")],
+)
+def test_the_llm_attacks_catch_their_variant_and_pass_gold(
+    scripted: Callable[..., ScriptedChatServer],
+    known: FactSet,
+    zoo: Path,
+    attack: str,
+    script: str,
+    caught: str,
+) -> None:
+    """Through scripted wordings, as the template attacks do in the validity matrix, both catch
+    quant_fragile, whose forgetting is a thin shift that other wordings undo. (qa_form_only is
+    not caught: llm_paraphrase asks in the QA form, the one form it was unlearned on.)"""
+    forget = known.split("forget").filter(lambda f: bool(f.aliases))[:24]
+    server = scripted(then=tell_me if script == "tell_me" else known_aliases(known))
+    generated = getattr(llm_generator(server), attack)
+    statuses = {
+        variant: assert_forgotten(
+            str(zoo / variant),
+            forget,
+            attacks=[generated],
+            original=str(zoo / "original"),
+            raise_on_fail=False,
+            on_inconclusive="return",
+        ).status
+        for variant in (caught, "gold")
+    }
+    assert statuses == {caught: "FAIL", "gold": "PASS"}
