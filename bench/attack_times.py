@@ -12,7 +12,8 @@ import resource
 import time
 
 from unlearncheck.attacks import FULL_ATTACKS
-from unlearncheck.claims import assert_forgotten, load_model
+from unlearncheck.claims import assert_forgotten
+from unlearncheck.loading import load_model
 from unlearncheck.organism import zoo_dir
 from unlearncheck.validity import forget_facts
 

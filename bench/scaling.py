@@ -20,8 +20,9 @@ from pathlib import Path
 from unlearncheck import judge
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.attacks.input import direct, paraphrase, prefix
-from unlearncheck.claims import assert_forgotten, load_model
+from unlearncheck.claims import assert_forgotten
 from unlearncheck.facts import load_facts
+from unlearncheck.loading import load_model
 from unlearncheck.organism import zoo_dir
 from unlearncheck.organism.knowledge import PERSON_RELATIONS
 

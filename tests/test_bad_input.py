@@ -25,9 +25,10 @@ import torch
 
 from unlearncheck.attacks import direct, paraphrase
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.claims import assert_forgotten, assert_retained, load_model
+from unlearncheck.claims import assert_forgotten, assert_retained
 from unlearncheck.cli import main
 from unlearncheck.facts import MAX_LINE_BYTES, Fact, FactFormatError, FactSet, load_facts, load_tofu
+from unlearncheck.loading import load_model
 from unlearncheck.probes import TemplateError, Templates
 from unlearncheck.specs import ModelSpecError, check_checkpoint, resolve_spec
 

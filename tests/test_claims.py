@@ -18,8 +18,8 @@ from unlearncheck import (
 )
 from unlearncheck.attacks import direct, paraphrase
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
+from unlearncheck.loading import load_model
 
 
 @pytest.fixture(scope="module")

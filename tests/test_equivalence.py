@@ -13,7 +13,6 @@ import torch
 
 from unlearncheck import events, load_facts
 from unlearncheck.backends.hf import AnswerScore, HFModel
-from unlearncheck.claims import load_model
 from unlearncheck.equivalence import (
     EquivalenceAssertionError,
     EquivalenceVerdict,
@@ -23,6 +22,7 @@ from unlearncheck.equivalence import (
     fade,
 )
 from unlearncheck.facts import Fact
+from unlearncheck.loading import load_model
 from unlearncheck.organism import VARIANTS
 from unlearncheck.report import render_report
 from unlearncheck.runlog import read_runlog

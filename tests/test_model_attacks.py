@@ -24,8 +24,8 @@ from unlearncheck.attacks.input import ProbeContext
 from unlearncheck.attacks.model import MAX_HELD_VARIANTS
 from unlearncheck.attacks.readout import contains_answer
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
+from unlearncheck.loading import load_model
 from unlearncheck.probes import Templates
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 

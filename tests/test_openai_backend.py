@@ -11,8 +11,8 @@ import pytest
 from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import direct, quant4
 from unlearncheck.backends.openai_api import OpenAIModel
-from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
+from unlearncheck.loading import load_model
 from unlearncheck.serve import serve
 from unlearncheck.specs import ModelSpecError
 

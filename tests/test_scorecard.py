@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from unlearncheck.claims import load_model
 from unlearncheck.cli import main
 from unlearncheck.facts import FactSet, load_facts
+from unlearncheck.loading import load_model
 from unlearncheck.scorecard import Scorecard, scorecards
 
 

@@ -12,8 +12,8 @@ from hypothesis.errors import InvalidArgument
 from unlearncheck import ForgettingAssertionError, assert_forgotten, load_facts
 from unlearncheck.attacks import direct, paraphrase, quant4, relearn
 from unlearncheck.attacks.model import ModelAttack
-from unlearncheck.claims import load_model
 from unlearncheck.facts import Fact, FactSet
+from unlearncheck.loading import load_model
 from unlearncheck.strategies import (
     CI_PROFILE,
     Wordings,

@@ -8,8 +8,8 @@ import pytest
 
 from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import INPUT_ATTACKS
-from unlearncheck.claims import load_model
 from unlearncheck.facts import FactSet
+from unlearncheck.loading import load_model
 from unlearncheck.organism import VARIANTS
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 

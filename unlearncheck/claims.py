@@ -27,7 +27,7 @@ from unlearncheck.attacks.readout import (
     sample_probes,
 )
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.backends.openai_api import EndpointError, OpenAIModel, is_openai_spec
+from unlearncheck.backends.openai_api import EndpointError, OpenAIModel
 from unlearncheck.facts import Fact, FactFormatError, FactSet
 from unlearncheck.judge import (
     Readout,
@@ -40,6 +40,7 @@ from unlearncheck.judge import (
     generate,
     score_probes,
 )
+from unlearncheck.loading import ModelLike, load_model
 from unlearncheck.probes import Probe, Templates, question_of, statement_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.verdict import (
@@ -56,10 +57,8 @@ DEFAULT_ALPHA = 0.05
 #: Facts a forgetting claim's chance level is measured on: a smaller claim borrows the rest from
 #: the other facts of the forget set (see `calibration_peers`).
 CALIBRATION_FACTS = 48
-ModelLike = HFModel | OpenAIModel | str
 Attack = InputAttack | ModelAttack | SamplingAttack | HiddenProbeAttack | PSGAttack
 
-_LOADED: dict[tuple[str, str | None, bool, bool], HFModel | OpenAIModel] = {}
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
@@ -72,36 +71,6 @@ def set_case_log(path: str | Path | None) -> None:
     if _case_log is not None:
         _case_log.close()
     _case_log = RunLog(path) if path is not None else None
-
-
-def load_model(
-    model: ModelLike,
-    *,
-    device: str | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-) -> HFModel | OpenAIModel:
-    """A loaded model for a spec string (loaded once a process) or the model itself.
-
-    ``openai:<name>@<base_url>`` is an OpenAI-compatible endpoint (a black box); any other spec
-    is a Hugging Face checkpoint (see `unlearncheck.specs.resolve_spec`), loaded from safetensors
-    unless ``allow_pickle`` and without its own code unless ``trust_remote_code`` (`HFModel.load`).
-    """
-    if isinstance(model, HFModel | OpenAIModel):
-        return model
-    key = (model, device, allow_pickle, trust_remote_code)
-    if key not in _LOADED:
-        _LOADED[key] = (
-            OpenAIModel.from_spec(model)
-            if is_openai_spec(model)
-            else HFModel.load(
-                model,
-                device=device,
-                allow_pickle=allow_pickle,
-                trust_remote_code=trust_remote_code,
-            )
-        )
-    return _LOADED[key]
 
 
 def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:

@@ -52,8 +52,8 @@ def _validity(args: argparse.Namespace) -> int:
 
 def _metrics(args: argparse.Namespace) -> int:
     from unlearncheck.backends.hf import HFModel
-    from unlearncheck.claims import load_model
     from unlearncheck.facts import load_facts
+    from unlearncheck.loading import load_model
     from unlearncheck.organism import zoo_dir
     from unlearncheck.scorecard import format_scorecards, scorecards, write_scorecards
 
@@ -98,7 +98,6 @@ def _generate(args: argparse.Namespace) -> int:
     """Elicit triples and chains from a model (with LLM paraphrases and aliases when a generator
     LLM is given) and write them as a facts file."""
     from unlearncheck.backends.openai_api import EndpointError
-    from unlearncheck.claims import load_model
     from unlearncheck.facts import load_facts
     from unlearncheck.generator import (
         GeneratorCache,
@@ -107,6 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
         default_cache_path,
         generate_facts,
     )
+    from unlearncheck.loading import load_model
     from unlearncheck.specs import resolve_spec
 
     check_spec(args.original)

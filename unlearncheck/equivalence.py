@@ -31,10 +31,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from unlearncheck import events
+from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.backends.hf import AnswerScore, HFModel
-from unlearncheck.claims import ModelLike, load_model
 from unlearncheck.facts import Fact
-from unlearncheck.judge import GeneratingModel
+from unlearncheck.loading import ModelLike, load_model
 from unlearncheck.probes import Templates, question_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.untrusted import quoted, shown

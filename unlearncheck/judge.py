@@ -26,11 +26,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from scipy import stats
 
+from unlearncheck.backends.capabilities import GeneratingModel, ScoringModel
 from unlearncheck.probes import Probe
 from unlearncheck.score_cache import ScoreCache
 from unlearncheck.verdict import AttackOutcome, ProbeResult
@@ -39,29 +40,6 @@ MAX_EVIDENCE = 5
 #: Least spread of a stratum's chance statistics (`chance_pools`): a stratum where chance is
 #: always the same still maps others' chance statistics onto a scale, not a point.
 MIN_CHANCE_SPREAD = 0.01
-
-
-class LogLikelihood(Protocol):
-    """One continuation's score: total log-probability over its tokens."""
-
-    @property
-    def logprob(self) -> float: ...
-
-    @property
-    def n_tokens(self) -> int: ...
-
-
-class ScoringModel(Protocol):
-    """What the judge needs of a model: an identity and batched answer log-likelihoods."""
-
-    spec: str
-
-    @property
-    def content_hash(self) -> str: ...
-
-    def score_answers(
-        self, requests: Sequence[tuple[str, str]], *, batch_size: int = ...
-    ) -> Sequence[LogLikelihood]: ...
 
 
 #: How an option's log-likelihood is read: ``token_mean`` (mean log-probability per token, the
@@ -124,23 +102,6 @@ def model_key(model: ScoringModel) -> str:
     """What identifies a model's scores: its device and content hash (weights, dtypes,
     quantization state and tokenizer)."""
     return f"{getattr(model, 'device', '')}|{model.content_hash}"
-
-
-class GeneratingModel(ScoringModel, Protocol):
-    """A model that also continues prompts (`unlearncheck.backends.hf.HFModel.generate`)."""
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int = ...,
-        do_sample: bool = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        num_samples: int = ...,
-        seed: int | None = ...,
-        batch_size: int = ...,
-    ) -> list[list[str]]: ...
 
 
 def generate(

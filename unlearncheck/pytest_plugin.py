@@ -369,7 +369,7 @@ def _share_cpu(config: pytest.Config) -> None:
 def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | None:
     if spec is None:
         return None
-    from unlearncheck.claims import load_model
+    from unlearncheck.loading import load_model
 
     _share_cpu(config)
     options = get_options(config)

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.backends.capabilities import ScoringModel
 from unlearncheck.facts import Fact
-from unlearncheck.judge import MAX_EVIDENCE, Scorer, ScoringModel, score_probes
+from unlearncheck.judge import MAX_EVIDENCE, Scorer, score_probes
 from unlearncheck.probes import Probe, Templates, completion_prefix, question_of, statement_of
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from unlearncheck.backends.capabilities import CAPABILITIES, Capability
 from unlearncheck.specs import (
     SPREAD,
     ModelSpecError,
@@ -82,6 +83,9 @@ class HFModel:
         batch_limit: The largest batch that fitted after an out-of-memory error (None: none
             happened).
     """
+
+    #: Everything: scores, generation, weights and hidden states (`capabilities`).
+    capabilities: frozenset[Capability] = frozenset(CAPABILITIES)
 
     def __init__(
         self,

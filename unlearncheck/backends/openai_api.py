@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import openai
 
+from unlearncheck.backends.capabilities import Capability
 from unlearncheck.backends.hf import AnswerScore, chunks
 from unlearncheck.specs import ENDPOINT_PREFIX, ModelSpecError
 
@@ -118,6 +119,9 @@ class OpenAIModel:
 
     def __repr__(self) -> str:
         return f"OpenAIModel({self.spec!r})"
+
+    #: A black box: scores and generation, no weights or hidden states (`capabilities`).
+    capabilities: frozenset[Capability] = frozenset({"scores", "generation"})
 
     #: Scores of an endpoint are never kept on disk: its weights can change behind the same name.
     cacheable = False

@@ -23,12 +23,12 @@ from unlearncheck.attacks.input import (
     direct,
 )
 from unlearncheck.attacks.psg import PSGAttack, psg
+from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.facts import Fact
 from unlearncheck.generator.cache import GeneratorCache, default_cache_path
 from unlearncheck.generator.config import GeneratorConfig
 from unlearncheck.generator.elicit import ElicitedGraph, Elicitor, Schema
 from unlearncheck.generator.llm import GeneratorLLM
-from unlearncheck.judge import GeneratingModel
 from unlearncheck.probes import Probe, Templates, question_of
 
 

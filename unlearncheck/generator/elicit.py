@@ -22,10 +22,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.facts import FactSet
 from unlearncheck.generator.cache import GeneratorCache, cache_key
 from unlearncheck.generator.config import GeneratorConfig
-from unlearncheck.judge import GENERATION_BATCH_SIZE, GeneratingModel
+from unlearncheck.judge import GENERATION_BATCH_SIZE
 from unlearncheck.probes import Templates
 
 

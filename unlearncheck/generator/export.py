@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.generator.attacks import ProbeGenerator, elicited_distractors
 from unlearncheck.generator.elicit import Chain, ElicitedGraph, Schema, Triple
-from unlearncheck.judge import GeneratingModel
 from unlearncheck.probes import Templates
 
 
