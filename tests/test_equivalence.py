@@ -18,11 +18,10 @@ from unlearncheck.equivalence import (
     EquivalenceVerdict,
     as_prompts,
     assert_equivalent,
-    f1,
-    fade,
 )
 from unlearncheck.facts import Fact
 from unlearncheck.loading import load_model
+from unlearncheck.metrics.fade import f1, fade
 from unlearncheck.organism import VARIANTS
 from unlearncheck.report import render_report
 from unlearncheck.runlog import read_runlog

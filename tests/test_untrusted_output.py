@@ -25,7 +25,8 @@ import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from unlearncheck.equivalence import EquivalenceVerdict, FadeResult, FadeSample
+from unlearncheck.equivalence import EquivalenceVerdict
+from unlearncheck.metrics.fade import FadeResult, FadeSample
 from unlearncheck.probes import Probe
 from unlearncheck.pytest_plugin import SUMMARY_CHARS, _attack_lines
 from unlearncheck.report import render_report

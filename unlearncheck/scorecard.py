@@ -13,7 +13,7 @@ computes them with `unlearncheck.metrics`, on a facts file's ``forget`` and ``re
   same sentence, false) is the holdout of the true statement, so a model that never learnt the
   fact scores both alike. Near 0 is good; strongly negative means still memorized.
 - **FADE** — 1 − F1 of the likelihood-ratio precision and recall of sampled answers to the forget
-  questions (`unlearncheck.equivalence.fade`; 0 = indistinguishable from the reference).
+  questions (`unlearncheck.metrics.fade.fade`; 0 = indistinguishable from the reference).
 - **model utility** — harmonic mean of retain answer probability, retain truth-ratio score
   (mean max(0, 1 − R)) and retain ROUGE-L recall (TOFU).
 """
@@ -29,8 +29,9 @@ import numpy as np
 
 from unlearncheck import metrics
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.equivalence import as_prompts, fade
+from unlearncheck.equivalence import as_prompts
 from unlearncheck.facts import Fact, FactSet
+from unlearncheck.metrics.fade import fade
 from unlearncheck.probes import Templates, question_of, statement_of
 
 #: Greedy answer length for ROUGE-L.
