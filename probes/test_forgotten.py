@@ -19,9 +19,8 @@ import warnings
 import pytest
 
 from unlearncheck import assert_forgotten
-from unlearncheck.attacks import FULL_ATTACKS
+from unlearncheck.attacks import FULL_ATTACKS, Attack
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.claims import Attack
 from unlearncheck.facts import FactSet
 from unlearncheck.pytest_plugin import Options
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearncheck.claims import Attack, assert_forgotten
+from unlearncheck.attacks.base import Attack
+from unlearncheck.claims import assert_forgotten
 from unlearncheck.facts import FactSet, load_facts
 
 

@@ -1,10 +1,11 @@
-"""Attacks that try to bring "forgotten" knowledge back (METHODS.md).
+"""Attacks that try to bring "forgotten" knowledge back (docs/methods.md).
 
-Input attacks derive new prompts; model attacks (``quant4``, ``quant4_fp4``, ``quant8``,
-``relearn``) derive a variant of the model and ask it again; readout attacks (``sampling``,
-``hidden_probe``) read the knowledge another way; ``psg`` compares forgetting on the forget items
-and on surrogate rewrites of them. Model and readout attacks load torch, so they are imported on
-first use.
+Every attack implements one protocol (`Attack`, in `unlearncheck.attacks.base`): a ``name``, the
+model capabilities it ``needs`` and a ``run`` over a claim's facts. Input attacks derive new
+prompts; model attacks (``quant4``, ``quant4_fp4``, ``quant8``, ``relearn``) derive a variant of
+the model and ask it again; readout attacks (``sampling``, ``hidden_probe``) read the knowledge
+another way; ``psg`` compares forgetting on the forget items and on surrogate rewrites of them.
+Model and readout attacks load torch, so they are imported on first use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer
 from unlearncheck.attacks.input import (
     INPUT_ATTACKS,
     InputAttack,
@@ -35,15 +37,19 @@ _LAZY = {
     "quant4_fp4": "model",
     "quant8": "model",
     "relearn": "model",
-    "HiddenProbeAttack": "readout",
-    "SamplingAttack": "readout",
-    "hidden_probe": "readout",
-    "sampling": "readout",
+    "HiddenProbeAttack": "hidden_readout",
+    "SamplingAttack": "sampling_readout",
+    "hidden_probe": "hidden_readout",
+    "sampling": "sampling_readout",
     "FULL_ATTACKS": "",
 }
 
 __all__ = [
     "INPUT_ATTACKS",
+    "Attack",
+    "AttackResult",
+    "ClaimModels",
+    "ClaimScorer",
     "InputAttack",
     "PSGAttack",
     "ProbeContext",
@@ -61,8 +67,9 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name == "FULL_ATTACKS":
         model = import_module("unlearncheck.attacks.model")
-        readout = import_module("unlearncheck.attacks.readout")
-        return (*INPUT_ATTACKS, *model.MODEL_ATTACKS, readout.sampling, readout.hidden_probe)
+        sampling = import_module("unlearncheck.attacks.sampling_readout")
+        hidden_probe = import_module("unlearncheck.attacks.hidden_readout")
+        return (*INPUT_ATTACKS, *model.MODEL_ATTACKS, sampling.sampling, hidden_probe.hidden_probe)
     if name in _LAZY:
         return getattr(import_module(f"unlearncheck.attacks.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'unlearncheck.attacks' has no attribute {name!r}")

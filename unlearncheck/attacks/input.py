@@ -13,7 +13,9 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
+from typing import TYPE_CHECKING
 
+from unlearncheck.backends.capabilities import Capability
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import (
     Probe,
@@ -23,6 +25,9 @@ from unlearncheck.probes import (
     question_of,
     statement_of,
 )
+
+if TYPE_CHECKING:
+    from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
 
 MIN_CONTROLS = 1
 MAX_CONTROLS = 128
@@ -199,15 +204,27 @@ Derive = Callable[[Fact, ProbeContext], list[Probe]]
 
 @dataclass(frozen=True)
 class InputAttack:
-    """An attack that derives probes from a fact."""
+    """An attack that derives probes from a fact: new prompts asked of the model as it is.
+
+    Attributes:
+        name: Attack name.
+        derive: (fact, context) → the fact's probes.
+        needs: Model capabilities the attack uses: answer scores.
+    """
 
     name: str
     derive: Derive
-    kind: str = "input"
+    needs: frozenset[Capability] = frozenset({"scores"})
 
     def __call__(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes of this attack for ``fact`` (deduplicated)."""
         return dedupe(self.derive(fact, context))
+
+    def run(
+        self, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
+    ) -> AttackResult:
+        """Judge every fact's probes, the calibration peers' included (they set chance)."""
+        return scorer.judge(self.name, {f.id: self(f, context) for f in context.claim}, models)
 
     def __repr__(self) -> str:
         return f"<attack {self.name}>"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from unlearncheck import quantization
+from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
 from unlearncheck.attacks.input import (
     InputAttack,
     ProbeContext,
@@ -27,9 +28,11 @@ from unlearncheck.attacks.input import (
     direct,
     paraphrase,
 )
+from unlearncheck.backends.capabilities import Capability, ScoringModel
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.facts import Fact
+from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Probe, question_of, statement_of
+from unlearncheck.verdict import AttackOutcome
 
 #: Derives a variant of a model: (model, probe context) → variant.
 Derive = Callable[[HFModel, ProbeContext], HFModel]
@@ -38,6 +41,14 @@ Derive = Callable[[HFModel, ProbeContext], HFModel]
 #: model's variants never pile up on the device.
 MAX_HELD_VARIANTS = 4
 _VARIANTS: OrderedDict[tuple[str, str], HFModel] = OrderedDict()
+
+
+#: Evidence a model attack adds to each outcome: (variant of the model, the original) → fields.
+Evidence = Callable[[HFModel, HFModel | None], dict[str, Any]]
+
+
+def _no_evidence(variant: HFModel, original: HFModel | None) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,9 @@ class ModelAttack:
             paraphrases).
         withheld: Why a fact cannot be judged by this attack (e.g. it was shown to the attacker),
             or None.
+        evidence: Fields added to every outcome from the model's variant and the original
+            (e.g. the share of 4-bit codes changed).
+        needs: Model capabilities the attack uses: the weights, to derive a variant.
     """
 
     name: str
@@ -59,7 +73,8 @@ class ModelAttack:
     key: str
     inputs: tuple[InputAttack, ...] = (direct, paraphrase)
     withheld: Callable[[Fact, ProbeContext], str | None] = field(default=lambda f, c: None)
-    kind: str = "model"
+    evidence: Evidence = _no_evidence
+    needs: frozenset[Capability] = frozenset({"scores", "weights"})
 
     def then(self, *inputs: InputAttack) -> ModelAttack:
         """The same model attack followed by ``inputs`` (e.g. ``relearn.then(paraphrase)``)."""
@@ -84,8 +99,65 @@ class ModelAttack:
             self.inputs, fact, context, self.name, f"model:{self.key}", first=True
         )
 
+    def run(
+        self, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
+    ) -> AttackResult:
+        """Derive the variants (model and reference), judge the attack's probes on them.
+
+        Each outcome also holds the `evidence` fields and the gain of the answers' mean p̂ from
+        the model (and the reference) to its variant.
+        """
+        model = with_weights(models.model, "model", self.name)
+        reference = with_weights(models.reference, "reference", self.name)
+        assert model is not None
+        variants = ClaimModels(
+            self.variant(model, context),
+            self.variant(reference, context) if reference is not None else None,
+            models.original,
+        )
+        withheld = {f.id: self.withheld(f, context) for f in context.claim}
+        probes = {f.id: self.probes(f, context) for f in context.claim if withheld[f.id] is None}
+        result = scorer.judge(self.name, probes, variants)
+        original = with_weights(models.original, "original", self.name)
+        shared = self.evidence(variants.model, original)  # type: ignore[arg-type]
+        for fact in context.claim:
+            reason = withheld[fact.id]
+            if reason is not None:
+                result.outcomes[fact.id] = AttackOutcome(self.name, "not run", reason=reason)
+                continue
+            outcome = result.outcomes[fact.id]
+            outcome.extra.update(shared)
+            outcome.extra.update(_gains(scorer, models, variants, probes[fact.id]))
+        return result
+
     def __repr__(self) -> str:
         return f"<attack {self.name}>"
+
+
+def with_weights(model: ScoringModel | None, role: str, attack: str) -> HFModel | None:
+    """``model`` as a model with weights (None stays None).
+
+    Raises:
+        TypeError: ``model`` has no weights (an endpoint given as ``role``).
+    """
+    if model is None or isinstance(model, HFModel):
+        return model
+    raise TypeError(f"attack {attack} needs a model with weights as {role}, got {model.spec}")
+
+
+def _gains(
+    scorer: ClaimScorer, before: ClaimModels, after: ClaimModels, probes: list[Probe]
+) -> dict[str, float]:
+    """How much the answers' mean p̂ rose from the model (and reference) to its variant."""
+    gains: dict[str, float] = {}
+    for role in ("model", "reference"):
+        b_model, a_model = getattr(before, role), getattr(after, role)
+        if b_model is None or a_model is None:
+            continue
+        b, a = scorer.mean_target(b_model, probes), scorer.mean_target(a_model, probes)
+        if a is not None and b is not None:
+            gains[f"{role}_gain"] = round(a - b, 6)
+    return gains
 
 
 def _free(variant: HFModel) -> None:
@@ -126,18 +198,24 @@ def quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
     return HFModel.from_pretrained_objects(weights, model.tokenizer, spec=f"{model.spec}|{kind}")
 
 
-def quant_evidence(model: HFModel, original: HFModel | None, kind: str) -> dict[str, Any]:
-    """Share of 4-bit codes that differ between Q(model) and Q(original) (4-bit kinds only)."""
-    if original is None or kind not in ("nf4", "fp4"):
-        return {}
-    fraction = quantization.changed_code_fraction(model.model, original.model, kind)  # type: ignore[arg-type]
-    return {"changed_4bit_codes": round(fraction, 6)}
+def _changed_codes(kind: quantization.QuantKind) -> Evidence:
+    """Evidence of a 4-bit attack: the share of codes that differ between Q(model) and
+    Q(original) (0% means quantization maps the model back onto the original)."""
+
+    def evidence(variant: HFModel, original: HFModel | None) -> dict[str, Any]:
+        if original is None:
+            return {}
+        fraction = quantization.changed_code_fraction(variant.model, original.model, kind)  # type: ignore[arg-type]
+        return {"changed_4bit_codes": round(fraction, 6)}
+
+    return evidence
 
 
-quant4 = ModelAttack("quant4", _quantized("nf4"), "quant4:nf4")
-quant4_fp4 = ModelAttack("quant4_fp4", _quantized("fp4"), "quant4_fp4:fp4")
+quant4 = ModelAttack("quant4", _quantized("nf4"), "quant4:nf4", evidence=_changed_codes("nf4"))
+quant4_fp4 = ModelAttack(
+    "quant4_fp4", _quantized("fp4"), "quant4_fp4:fp4", evidence=_changed_codes("fp4")
+)
 quant8 = ModelAttack("quant8", _quantized("int8"), "quant8:int8")
-QUANT_KINDS = {"quant4": "nf4", "quant4_fp4": "fp4", "quant8": "int8"}
 
 
 def relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:

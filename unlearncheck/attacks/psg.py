@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer, not_run
 from unlearncheck.attacks.input import ProbeContext
-from unlearncheck.backends.capabilities import ScoringModel
-from unlearncheck.facts import Fact
-from unlearncheck.judge import MAX_EVIDENCE, Scorer, score_probes
+from unlearncheck.backends.capabilities import Capability
+from unlearncheck.facts import Fact, FactSet
+from unlearncheck.judge import MAX_EVIDENCE
 from unlearncheck.probes import Probe, Templates, completion_prefix, question_of, statement_of
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 
@@ -173,7 +174,7 @@ class PSGAttack:
     sentence_frames: tuple[tuple[str, str], ...] = SENTENCE_FRAMES
     question_frames: tuple[tuple[str, str], ...] = QUESTION_FRAMES
     extra_rewrites: Callable[[Fact], Sequence[str]] | None = None
-    kind: str = "input"
+    needs: frozenset[Capability] = frozenset({"scores"})
 
     def __post_init__(self) -> None:
         low, high = self.band
@@ -234,6 +235,15 @@ class PSGAttack:
         room = max(0, self.k - len(chosen))
         drawn = context.rng("psg", fact.id).sample(list(fresh.values()), min(room, len(fresh)))
         return (chosen + drawn)[: self.k]
+
+    def run(
+        self, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
+    ) -> AttackResult:
+        """Forgetting on each fact's forget item against its surrogates (`run_psg`).
+
+        Only the claim's own ``facts`` are measured: psg has no chance level to calibrate.
+        """
+        return AttackResult(run_psg(self, facts, context, models, scorer), shown_by=models.model)
 
     def __repr__(self) -> str:
         return f"<attack {self.name}>"
@@ -410,27 +420,22 @@ def run_psg(
     attack: PSGAttack,
     facts: Sequence[Fact],
     context: ProbeContext,
-    scorer: Scorer,
-    model: ScoringModel,
-    original: ScoringModel | None,
-    reference: ScoringModel | None,
-    *,
-    tolerance: float,
+    models: ClaimModels,
+    scorer: ClaimScorer,
 ) -> dict[str, AttackOutcome]:
     """The outcome of ``attack`` for each fact of a claim.
 
-    Items and surrogates the original does not know (p̂ on θo at most ``tolerance`` above θr)
+    Items and surrogates the original does not know (p̂ on θo at most the tolerance above θr)
     are left out: they have no forgetting to measure. The claim's F is over the facts that have
     an item and surrogates left, each fact weighing the same (its surrogates' mean).
     """
-    if original is None or reference is None:
+    if models.original is None or models.reference is None:
         reason = (
             "needs the original and the reference model: normalized forgetting "
             "F = (M(θo) − M(θu)) / (M(θo) − M(θr))"
         )
-        return {
-            f.id: AttackOutcome(attack.name, "not run", reason=reason, blocking=True) for f in facts
-        }
+        return not_run(attack.name, facts, reason, blocking=True)
+    tolerance = scorer.tolerance
     surrogates = select_surrogates(attack, facts, context)
     probes: dict[str, list[Probe]] = {}
     for fact in facts:
@@ -438,19 +443,15 @@ def run_psg(
         kept = [s.rewrite for s in surrogates[fact.id] if s.kept]
         if item is not None and kept:
             probes[fact.id] = [_probe(fact, context, r) for r in (item, *kept)]
-    flat = [p for ps in probes.values() for p in ps]
-    on = {
-        role: [s.target for s in score_probes(scorer, m, flat)]
-        for role, m in (("model", model), ("original", original), ("reference", reference))
-    }
+    on = {role: scorer.score_by_fact(m, probes) for role, m in models.given()}
     measured: dict[str, _FactForgetting] = {}
-    at = 0
     for fact_id, fact_probes in probes.items():
         scored = [
-            _Scored(p, on["model"][i], on["original"][i], on["reference"][i])
-            for i, p in enumerate(fact_probes, start=at)
+            _Scored(
+                p, *(on[role][fact_id][i].target for role in ("model", "original", "reference"))
+            )
+            for i, p in enumerate(fact_probes)
         ]
-        at += len(fact_probes)
         known = [s for s in scored[1:] if s.original - s.reference > tolerance]
         unknown = [s for s in scored[1:] if s.original - s.reference <= tolerance]
         measured[fact_id] = _FactForgetting(scored[0], known, unknown)

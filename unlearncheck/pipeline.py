@@ -1,0 +1,365 @@
+"""The claim pipeline that `assert_forgotten`, `assert_retained` and `assert_equivalent` share.
+
+A claim is prepared once (its facts, the probe context with its calibration peers, the loaded
+models, the run log and the scoring session), runs its attacks through the one `Attack` protocol,
+corrects the p-values of every (fact, attack) test together (Benjamini–Hochberg), shows the
+model's greedy output beside each recovered probe, and ends the same way: every case and the
+verdict written to the run log, the verdict published, and an error raised when it failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from unlearncheck import events
+from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer, not_run
+from unlearncheck.attacks.input import ProbeContext, direct, paraphrase
+from unlearncheck.backends.capabilities import capabilities_of, missing_capabilities
+from unlearncheck.backends.openai_api import EndpointError
+from unlearncheck.calibration import calibration_peers, context_facts, strata
+from unlearncheck.facts import Fact, FactFormatError, FactSet
+from unlearncheck.judge import Readout, Scorer, benjamini_hochberg, generate
+from unlearncheck.loading import ModelLike, load_model
+from unlearncheck.probes import Templates, question_of, statement_of
+from unlearncheck.runlog import RunLog
+from unlearncheck.verdict import (
+    AttackOutcome,
+    FactVerdict,
+    ForgettingAssertionError,
+    InconclusiveError,
+    Status,
+    Verdict,
+)
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_TOLERANCE",
+    "Claim",
+    "ClaimOptions",
+    "Settings",
+    "finish",
+    "load_models",
+    "open_log",
+    "set_case_log",
+]
+
+DEFAULT_TOLERANCE = 0.2
+DEFAULT_ALPHA = 0.05
+#: Tokens of the greedy output shown beside a recovered probe.
+OUTPUT_TOKENS = 8
+
+_case_log: RunLog | None = None
+
+
+def set_case_log(path: str | Path | None) -> None:
+    """The run log of claims given no ``runlog`` (the pytest plugin's per-process case log)."""
+    global _case_log
+    if _case_log is not None:
+        _case_log.close()
+    _case_log = RunLog(path) if path is not None else None
+
+
+def open_log(runlog: RunLog | str | Path | None) -> RunLog | None:
+    """The run log a claim writes to: the one given (object or path), else the case log."""
+    return RunLog(runlog) if isinstance(runlog, str | Path) else runlog or _case_log
+
+
+class ClaimOptions(TypedDict, total=False):
+    """The keyword options every claim about facts takes (`Settings` documents each)."""
+
+    readout: Readout
+    context: FactSet | None
+    templates: Templates | None
+    alpha: float
+    tolerance: float
+    seed: int
+    runlog: RunLog | str | Path | None
+    on_inconclusive: Literal["raise", "return"]
+    raise_on_fail: bool
+    claim: str | None
+    device: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A claim's settings, checked.
+
+    Attributes:
+        readout: How an option's likelihood enters p̂: ``token_mean`` (mean log-probability per
+            token, the default) or ``sum`` (total log-probability).
+        context: The facts the probes may use (graph, controls); default: the set the facts
+            came from.
+        templates: The template library (default: the shipped one).
+        alpha: Level of the claim: a model that forgot every fact fails it with probability at
+            most ``alpha``, and of the (fact, attack) pairs it reports recovered, the expected
+            share of false alarms is at most ``alpha``.
+        tolerance: How much higher than its baseline a fact's mean p̂ must be to count as
+            recovered (and a probe's, to be listed as leaking).
+        seed: Seed of every random choice.
+        runlog: Run log (object or path) the cases and the verdict are appended to.
+        on_inconclusive: ``raise`` (default) raises `InconclusiveError`; ``return`` returns.
+        raise_on_fail: Raise `ForgettingAssertionError` on FAIL (default) or return the verdict.
+        claim: A name for the claim in logs and reports.
+        device: Device for models given as specs.
+    """
+
+    readout: Readout = "token_mean"
+    context: FactSet | None = None
+    templates: Templates | None = None
+    alpha: float = DEFAULT_ALPHA
+    tolerance: float = DEFAULT_TOLERANCE
+    seed: int = 0
+    runlog: RunLog | str | Path | None = None
+    on_inconclusive: Literal["raise", "return"] = "raise"
+    raise_on_fail: bool = True
+    claim: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def of(cls, caller: str, options: Mapping[str, Any]) -> Settings:
+        """The settings ``options`` give ``caller`` (defaults for the rest).
+
+        Raises:
+            TypeError: An option ``caller`` does not take.
+            ValueError: A setting out of range (a tolerance of 1 or more could never fail).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name in options:
+            if name not in known:
+                raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}")
+        settings = cls(**options)
+        if not 0 < settings.alpha < 1:
+            raise ValueError(f"alpha must be between 0 and 1 (exclusive), got {settings.alpha!r}")
+        if not 0 <= settings.tolerance < 1:
+            raise ValueError(
+                f"tolerance must be at least 0 and below 1 (no fact could ever be recovered), "
+                f"got {settings.tolerance!r}"
+            )
+        if settings.on_inconclusive not in ("raise", "return"):
+            raise ValueError(
+                f"on_inconclusive must be 'raise' or 'return', got {settings.on_inconclusive!r}"
+            )
+        return settings
+
+
+def load_models(
+    model: ModelLike,
+    reference: ModelLike | None,
+    original: ModelLike | None,
+    device: str | None,
+) -> ClaimModels:
+    """The claim's models by role, loaded from their specs (once a process)."""
+    return ClaimModels(
+        load_model(model, device=device),
+        load_model(reference, device=device) if reference is not None else None,
+        load_model(original, device=device) if original is not None else None,
+    )
+
+
+def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:
+    if isinstance(facts, Fact):
+        return FactSet([facts])
+    if isinstance(facts, str | Path):
+        raise TypeError(
+            f"facts is the path {str(facts)!r}, not facts: pass load_facts({str(facts)!r})"
+        )
+    listed = list(facts)
+    for position, fact in enumerate(listed):
+        if not isinstance(fact, Fact):
+            raise TypeError(f"facts[{position}] is {fact!r}, not a Fact")
+    return facts if isinstance(facts, FactSet) else FactSet(listed)
+
+
+def _check_askable(facts: FactSet, templates: Templates) -> None:
+    """Refuse a fact that no probe can ask: no question or statement of its own or its relation's.
+
+    Raises:
+        FactFormatError: Naming the first such fact and its relation.
+    """
+    for fact in facts:
+        if question_of(fact, templates) is None and statement_of(fact, templates) is None:
+            raise FactFormatError(
+                f"fact {fact.id!r}: relation {fact.relation!r} has no question or statement "
+                "template and the fact has neither a question nor a statement, so no probe can "
+                "ask it; add them to the fact or to a templates file (Templates.load)",
+                field="relation",
+            )
+
+
+@dataclass
+class Claim:
+    """A prepared claim about facts: what its attacks run on, and how it ends.
+
+    Attributes:
+        kind: ``forgotten`` or ``retained``.
+        facts: The facts the claim decides.
+        context: The probe context; its ``claim`` also holds the calibration peers.
+        models: The loaded models by role.
+        settings: The claim's settings.
+        log: The run log, or None.
+        scorer: The scoring session of the claim's attacks.
+    """
+
+    kind: str
+    facts: FactSet
+    context: ProbeContext
+    models: ClaimModels
+    settings: Settings
+    log: RunLog | None
+    scorer: ClaimScorer
+
+    @classmethod
+    def prepare(
+        cls,
+        kind: str,
+        facts: Fact | Iterable[Fact],
+        models: tuple[ModelLike, ModelLike | None, ModelLike | None],
+        settings: Settings,
+        *,
+        calibrate: bool,
+    ) -> Claim:
+        """Check the facts, build the probe context (with calibration peers when
+        ``calibrate``), load the models (model, reference, original) and open the run log.
+
+        Raises:
+            ValueError: No facts.
+            FactFormatError: A fact no probe can ask.
+        """
+        claim_facts = _as_factset(facts)
+        if not claim_facts:
+            raise ValueError(f"assert_{kind} needs at least one fact")
+        known = context_facts(claim_facts, settings.context)
+        peers = calibration_peers(claim_facts, known, settings.seed) if calibrate else FactSet()
+        templates = settings.templates or Templates.load()
+        ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates, settings.seed)
+        _check_askable(claim_facts, templates)
+        loaded = load_models(*models, settings.device)
+        log = open_log(settings.runlog)
+        scorer = ClaimScorer(
+            Scorer(settings.readout), settings.tolerance, settings.alpha, strata(ctx), log
+        )
+        scorer.record(loaded)
+        return cls(kind, claim_facts, ctx, loaded, settings, log, scorer)
+
+    def run(self, attack: Attack) -> AttackResult:
+        """Run ``attack`` on the claim's facts.
+
+        An attack the model lacks a capability for is "not run" (not blocking); one whose
+        endpoint fails after its retries is "not run" and blocking.
+        """
+        missing = missing_capabilities(self.models.model, attack.needs)
+        if missing:
+            reason = f"needs {', '.join(missing)}, which {self.models.model.spec} does not offer"
+            return AttackResult(not_run(attack.name, self.context.claim, reason, blocking=False))
+        try:
+            return attack.run(self.facts, self.context, self.models, self.scorer)
+        except EndpointError as error:
+            return AttackResult(not_run(attack.name, self.context.claim, str(error), blocking=True))
+
+    def judge_base(self, name: str, role: str, facts: FactSet) -> dict[str, AttackOutcome]:
+        """The base forms and paraphrases of ``facts`` judged on the model of ``role`` alone,
+        against chance (whether it knows them); an endpoint fault makes them blocking "not run"."""
+        model = getattr(self.models, role)
+        base = {f.id: direct(f, self.context) + paraphrase(f, self.context) for f in facts}
+        alone = dataclasses.replace(self.scorer, log=None)
+        try:
+            return alone.judge(name, base, ClaimModels(model)).outcomes
+        except EndpointError as error:
+            return not_run(name, facts, str(error), blocking=True)
+
+    def correct(self, results: Mapping[str, AttackResult]) -> None:
+        """Benjamini–Hochberg over every (fact, attack) test of the claim's facts, then the
+        greedy outputs of the recovered outcomes' strongest probes."""
+        tested = [
+            result.outcomes[f.id]
+            for result in results.values()
+            for f in self.facts
+            if result.outcomes[f.id].p_value is not None
+        ]
+        kept = benjamini_hochberg([o.p_value or 1.0 for o in tested], self.settings.alpha)
+        for outcome, survives in zip(tested, kept, strict=True):
+            outcome.significant = survives and outcome.significant  # decided: effect > tolerance
+            outcome.outcome = "recovered" if outcome.significant else "not recovered"
+        for result in results.values():
+            _show_outputs(result, [result.outcomes[f.id] for f in self.facts])
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        """The verdict's configuration record: model identities, settings and ``extra``."""
+        s = self.settings
+        return {
+            **self.models.identities(),
+            **extra,
+            "alpha": s.alpha,
+            "tolerance": s.tolerance,
+            "readout": s.readout,
+            "seed": s.seed,
+            "kind": self.kind,
+        }
+
+    def finish(
+        self, status: Status, verdicts: list[FactVerdict], config: dict[str, Any]
+    ) -> Verdict:
+        """The verdict, logged and published; raised as the settings say."""
+        facts = self.facts
+        name = self.settings.claim or (
+            f"{self.kind}: {facts[0].id}" if len(facts) == 1 else f"{self.kind}: {len(facts)} facts"
+        )
+        verdict = Verdict(name, status, verdicts, config)
+        s = self.settings
+        return finish(
+            verdict, self.log, raise_on_fail=s.raise_on_fail, on_inconclusive=s.on_inconclusive
+        )
+
+
+def _show_outputs(result: AttackResult, outcomes: list[AttackOutcome]) -> None:
+    """Greedy outputs of the result's model for the strongest evidence of recovered outcomes."""
+    targets = [o for o in outcomes if o.significant and o.evidence and not o.evidence[0].output]
+    model = result.shown_by
+    if not targets or model is None or "generation" not in capabilities_of(model):
+        return
+    prompts = [o.evidence[0].probe.prompt for o in targets]
+    try:
+        texts = generate(model, prompts, max_new_tokens=OUTPUT_TOKENS)  # type: ignore[arg-type]
+    except EndpointError as error:
+        for outcome in targets:
+            outcome.extra["output_not_generated"] = str(error)
+        return
+    for outcome, samples in zip(targets, texts, strict=True):
+        outcome.evidence[0] = dataclasses.replace(outcome.evidence[0], output=samples[0])
+
+
+def finish(
+    verdict: Verdict,
+    log: RunLog | None,
+    *,
+    raise_on_fail: bool,
+    on_inconclusive: Literal["raise", "return"] = "return",
+    error: type[ForgettingAssertionError] = ForgettingAssertionError,
+) -> Verdict:
+    """End a claim: its cases and verdict in the run log, the verdict published, and ``error``
+    raised on FAIL (with ``raise_on_fail``) or `InconclusiveError` on INCONCLUSIVE (with
+    ``on_inconclusive="raise"``)."""
+    if log is not None:
+        for fact in verdict.facts:
+            for outcome in fact.attacks:
+                for result in outcome.cases or outcome.evidence:
+                    log.write(
+                        "case",
+                        {
+                            "claim": verdict.claim,
+                            "fact_id": fact.fact_id,
+                            "attack": outcome.attack,
+                            **result.to_dict(),
+                        },
+                    )
+        log.write("verdict", verdict.to_dict())
+    events.publish(verdict)
+    if verdict.status == "FAIL" and raise_on_fail:
+        raise error(verdict)
+    if verdict.status == "INCONCLUSIVE" and on_inconclusive == "raise":
+        raise InconclusiveError(verdict)
+    return verdict
