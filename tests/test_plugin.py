@@ -244,7 +244,7 @@ def _record(test: str, seconds: float, outcomes: dict[str, str]) -> dict[str, An
 
 
 def test_attack_summary_times_only_tests_of_one_attack() -> None:
-    from unlearncheck.pytest_plugin import _attack_lines
+    from unlearncheck.pytest_plugin.reporting import _attack_lines
 
     lines = _attack_lines(
         [
@@ -266,7 +266,7 @@ def test_verdicts_go_to_pytest_html_extras_when_it_is_installed(
 ) -> None:
     from types import SimpleNamespace
 
-    from unlearncheck.pytest_plugin import _html_extras
+    from unlearncheck.pytest_plugin.evidence import _html_extras
 
     def extra(content: object, name: str) -> dict[str, object]:
         return {"content": content, "name": name}

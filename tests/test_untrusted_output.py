@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from unlearncheck.equivalence import EquivalenceVerdict
 from unlearncheck.metrics.fade import FadeResult, FadeSample
 from unlearncheck.probes import Probe
-from unlearncheck.pytest_plugin import SUMMARY_CHARS, _attack_lines
+from unlearncheck.pytest_plugin.reporting import SUMMARY_CHARS, _attack_lines
 from unlearncheck.report import render_report
 from unlearncheck.report.render import MAX_TEXT_CHARS
 from unlearncheck.runlog import RunLog, read_runlog, redact

@@ -1,0 +1,259 @@
+"""The controller's side of a session: the case logs of each process, the run log (verdicts,
+cases, tests that did not complete), the HTML report rendered from it and the terminal summary.
+
+The controller (or the only process, without xdist) reads the verdicts from each test's teardown
+report (`unlearncheck.pytest_plugin.evidence`), appends them to the run log, merges the case logs
+the processes wrote at the end of the session, renders the HTML report from the run log and prints
+a summary. A session in which no claim ran writes nothing and prints nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from unlearncheck.pytest_plugin.evidence import verdicts_of
+from unlearncheck.pytest_plugin.options import get_options
+from unlearncheck.untrusted import shown
+
+if TYPE_CHECKING:
+    from unlearncheck.runlog import RunLog
+
+__all__ = [
+    "CRASHED_PHASE",
+    "SESSION_ENV",
+    "SUMMARY_CHARS",
+    "Collector",
+    "start_case_log",
+    "start_session",
+]
+
+#: Characters of one untrusted string (an attack name, an error message) in the terminal summary.
+SUMMARY_CHARS = 200
+#: Names the session's case logs; set by the controller, inherited by xdist workers.
+SESSION_ENV = "UNLEARNCHECK_SESSION"
+#: The phase pytest-xdist gives the report of a test whose worker died while running it.
+CRASHED_PHASE = "???"
+
+
+def start_session(config: pytest.Config) -> None:
+    """In the controller (or the only process): name the session, register the `Collector`."""
+    os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
+    config.pluginmanager.register(Collector(config), "unlearncheck-collector")
+
+
+def _set_case_log(path: Path | None) -> None:
+    from unlearncheck.pipeline import set_case_log
+
+    set_case_log(path)
+
+
+def start_case_log(config: pytest.Config) -> None:
+    """Have the claims of this process append their case records to its case log (merged into
+    the run log by the controller at the end of the session)."""
+    if SESSION_ENV not in os.environ:
+        return
+    from unlearncheck.runlog import case_log_path
+
+    process = getattr(config, "workerinput", {}).get("workerid", "main")
+    _set_case_log(case_log_path(get_options(config).json, os.environ[SESSION_ENV], process))
+
+
+@dataclass
+class _Test:
+    outcome: str = "passed"
+    duration: float = 0.0
+
+
+class Collector:
+    """In the controller: verdicts from test reports to the run log, report and summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.tests: dict[str, _Test] = {}
+        self.seconds: dict[str, float] = {}
+        self.records: list[dict[str, Any]] = []
+        #: Tests whose process died before they finished: ``not_completed`` records.
+        self.not_completed: list[dict[str, str]] = []
+        self.log: RunLog | None = None
+        self.html: Path | None = None
+        self.html_error: str | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Track the test's outcome; write its verdicts when its last phase is reported, or that
+        it did not complete when its worker crashed."""
+        if report.when == CRASHED_PHASE:
+            self.tests.pop(report.nodeid, None)
+            self.not_completed.append({"test": report.nodeid, "reason": str(report.longrepr)})
+            if self.log is not None:  # else written when the log starts (if a claim ran)
+                self.log.write("not_completed", self.not_completed[-1])
+            return
+        test = self.tests.setdefault(report.nodeid, _Test())
+        if report.when == "call":
+            test.duration = report.duration
+        if report.outcome != "passed" and test.outcome != "failed":
+            test.outcome = report.outcome
+        if report.when != "teardown":
+            return
+        del self.tests[report.nodeid]
+        # A claim run again within one test with the same configuration (hypothesis replays the
+        # example that failed) counts once, with its last verdict.
+        last = {
+            (str(v.get("claim")), json.dumps(v.get("config"), sort_keys=True, default=str)): v
+            for v in verdicts_of(report)
+        }
+        for verdict in last.values():
+            self.write(verdict, report.nodeid, test)
+            self.seconds[report.nodeid] = test.duration
+
+    def _open_log(self) -> RunLog:
+        """The session's run log, started fresh on first use: the earlier run's log and the
+        case logs that a killed session left next to it go."""
+        if self.log is None:
+            from unlearncheck.runlog import RunLog, case_logs
+
+            path = get_options(self.config).json
+            path.unlink(missing_ok=True)
+            session = os.environ.get(SESSION_ENV, "")
+            for other, leftovers in case_logs(path).items():
+                if other != session:
+                    for leftover in leftovers:
+                        leftover.unlink(missing_ok=True)
+            self.log = RunLog(path, header={"session": session})
+            for record in self.not_completed:
+                self.log.write("not_completed", record)
+        return self.log
+
+    def write(self, verdict: dict[str, Any], nodeid: str, test: _Test) -> None:
+        """Append the verdict (and its models) to the run log."""
+        log = self._open_log()
+        config = verdict.get("config", {})
+        for role in ("model", "reference", "original"):
+            if config.get(role):
+                log.model(role, config[role], config.get(f"{role}_hash") or "")
+        record = {**verdict, "test": nodeid, "outcome": test.outcome, "duration": test.duration}
+        log.write("verdict", record)
+        self.records.append(record)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """Close the run log and render the HTML report from it."""
+        self._merge_cases()
+        if self.log is None:
+            return
+        self.log.close()
+        out = get_options(self.config).report
+        try:
+            from unlearncheck.report import render_report
+
+            self.html = Path(render_report(self.log.path, out))
+        except Exception as err:  # a broken renderer must not hide the verdicts
+            self.html_error = shown(f"{type(err).__name__}: {err}", limit=SUMMARY_CHARS)
+
+    def _merge_cases(self) -> None:
+        """Append every process's case records to the run log (also those of a crashed worker
+        or of claims that never reached a verdict) and remove their files."""
+        from unlearncheck.runlog import case_logs, read_runlog
+
+        _set_case_log(None)
+        path = get_options(self.config).json
+        for shard in case_logs(path).get(os.environ.get(SESSION_ENV, ""), []):
+            for record in read_runlog(shard):
+                if record.pop("kind", None) == "case":
+                    self._open_log().write("case", record)
+            shard.unlink()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """The unlearncheck section: claims, attacks, where the report is (when claims ran)."""
+        lines = self.summary()
+        if lines:
+            terminalreporter.section("unlearncheck")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+    def summary(self) -> list[str]:
+        """Lines of the terminal summary (empty when no claim ran)."""
+        if self.log is None:
+            return []
+        claims = Counter(r["status"] for r in self.records)
+        lines = [
+            f"claims: {claims['PASS']} passed, {claims['FAIL']} failed, "
+            f"{claims['INCONCLUSIVE']} inconclusive "
+            f"in {len(self.seconds)} tests ({sum(self.seconds.values()):.1f}s in their calls)"
+        ]
+        lines += _attack_lines(self.records)
+        for record in self.not_completed:
+            reason = shown(record["reason"], limit=SUMMARY_CHARS)
+            test = shown(record["test"], limit=SUMMARY_CHARS)
+            lines.append(f"did not complete: {test} ({reason})")
+        lines.append(f"run log: {self.log.path}")
+        if self.html is not None:
+            lines.append(f"HTML report: {self.html}")
+        else:
+            lines.append(f"HTML report not written: {self.html_error}")
+        return lines
+
+
+def _attack_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Call time of the tests whose claims all ran one and the same attack, by that attack.
+
+    Claims do not time their attacks; a test that runs only one attack times it (its model
+    variant is built on first use and shared with later claims in the same process).
+    """
+    single: dict[str, set[str]] = {}  # test -> the attack of its one-attack claims
+    mixed: set[str] = set()  # tests with a claim of several attacks (or none)
+    seconds: dict[str, float] = {}
+    for record in records:
+        test, attacks = record["test"], record.get("config", {}).get("attacks") or []
+        seconds[test] = record["duration"]
+        if len(attacks) == 1:
+            single.setdefault(test, set()).add(attacks[0])
+        else:
+            mixed.add(test)
+    out: dict[str, float] = {}
+    for test, names in single.items():
+        if test not in mixed and len(names) == 1:
+            (name,) = names
+            out[name] = out.get(name, 0.0) + seconds[test]
+    return out
+
+
+def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Per attack of the forgetting claims: facts judged, recovered (failed), not run, time.
+
+    Attack names (user code names its attacks) are shown through `shown`.
+    """
+    judged: Counter[str] = Counter()
+    recovered: Counter[str] = Counter()
+    not_run: Counter[str] = Counter()
+    forgetting = [r for r in records if r.get("config", {}).get("kind") == "forgotten"]
+    for record in forgetting:
+        for fact in record.get("facts", []):
+            for outcome in fact.get("attacks", []):
+                name = outcome["attack"]
+                if outcome["outcome"] == "not run":
+                    not_run[name] += 1
+                else:
+                    judged[name] += 1
+                    recovered[name] += outcome["outcome"] == "recovered"
+    names = sorted(judged | not_run, key=lambda a: -recovered[a])
+    if not names:
+        return []
+    seconds = _attack_seconds(forgetting)
+    labels = {name: shown(name, limit=SUMMARY_CHARS) for name in names}
+    width = max(len(label) for label in labels.values())
+    lines = ["attacks (facts of forgetting claims; time: tests that ran only that attack):"]
+    for name in names:
+        time = f"{seconds[name]:7.1f}s" if name in seconds else "       —"
+        lines.append(
+            f"  {labels[name]:<{width}}  {judged[name]:>4} judged, {recovered[name]:>4} recovered "
+            f"(FAIL), {not_run[name]:>4} not run  {time}"
+        )
+    return lines
