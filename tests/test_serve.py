@@ -87,7 +87,7 @@ def test_greedy_completions_recall_forget_facts(
         assert choice.text.strip().startswith(fact.object)
         assert choice.text.strip() == expected.strip()
     assert response.usage is not None
-    assert response.usage.prompt_tokens == sum(map(len, hf._encode(prompts)))
+    assert response.usage.prompt_tokens == sum(map(len, hf.encode_prompts(prompts)))
 
 
 def test_completion_logprobs_match_score_answers(
@@ -206,7 +206,7 @@ def test_chat_completion_logprobs_parse(
     (score,) = hf.score_answers([(prompt, content[0].token)])
     assert content[0].logprob == pytest.approx(score.logprob, abs=1e-4)
     assert response.usage is not None
-    assert response.usage.prompt_tokens == len(hf._encode([prompt])[0])
+    assert response.usage.prompt_tokens == len(hf.encode_prompts([prompt])[0])
 
 
 def test_chat_prompt_uses_the_template_or_role_lines(hf: HFModel) -> None:

@@ -31,6 +31,8 @@ from unlearncheck.specs import (
     resolve_spec,
 )
 
+__all__ = ["DTYPES", "AnswerScore", "HFModel", "chunks", "is_out_of_memory"]
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _log = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
@@ -144,31 +146,19 @@ class HFModel:
             ValueError: If the device or the dtype is unknown.
         """
         target = resolve_device(device)
-        if dtype is None:
-            dtype = "bfloat16" if target.type == "cuda" else "float32"
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        torch_dtype = _torch_dtype(dtype, target)
         path = resolve_spec(spec)
         check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as err:
-            raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
+        config, tokenizer = _read_config_and_tokenizer(path, trust_remote_code)
         _check_vocabulary(path, tokenizer, config)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                path,
-                config=config,
-                use_safetensors=None if allow_pickle else True,
-                trust_remote_code=trust_remote_code,
-                dtype=DTYPES[dtype],
-                device_map=SPREAD if device == SPREAD else None,
-            )
-        except (OSError, SafetensorError) as err:
-            raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
-        except ImportError as err:  # device_map without accelerate
-            raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
+        model = _load_weights(
+            path,
+            config,
+            dtype=torch_dtype,
+            device=device,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
         if device == SPREAD:
             target = model.device  # where inputs go: the first layers' device
         else:
@@ -231,7 +221,7 @@ class HFModel:
         Raises:
             ValueError: If an answer has no tokens or a prompt encodes to no tokens.
         """
-        encoded = self._encode_requests(requests)
+        encoded = self.encode_requests(requests)
         scores: list[AnswerScore | None] = [None] * len(encoded)
         by_context: dict[tuple[int, ...], list[int]] = {}
         for i, (context, answer) in enumerate(encoded):
@@ -244,7 +234,7 @@ class HFModel:
         def score(batch: list[int]) -> None:
             # The last answer token is never an input: nothing is predicted from it.
             inputs = [encoded[i][0] + encoded[i][1][:-1] for i in batch]
-            ids, mask = self._pad(inputs, left=False)
+            ids, mask = self.pad(inputs, left=False)
             targets = torch.zeros_like(ids)
             answer_mask = torch.zeros_like(ids, dtype=torch.bool)
             for row, i in enumerate(batch):
@@ -261,7 +251,7 @@ class HFModel:
             for row, i in enumerate(batch):
                 scores[i] = AnswerScore(sums[row], len(encoded[i][1]), bool(greedy[row]))
 
-        self._in_batches(order, batch_size, score)
+        self.in_batches(order, batch_size, score)
         return [score for score in scores if score is not None]
 
     def _score_single_tokens(
@@ -275,7 +265,7 @@ class HFModel:
         contexts = sorted(by_context, key=len, reverse=True)
 
         def score(batch: list[tuple[int, ...]]) -> None:
-            ids, mask = self._pad([list(c) for c in batch], left=False)
+            ids, mask = self.pad([list(c) for c in batch], left=False)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
                 last = logits[torch.arange(len(batch)), mask.sum(dim=1) - 1].float()
@@ -286,7 +276,7 @@ class HFModel:
                     token = encoded[i][1][0]
                     scores[i] = AnswerScore(float(logprobs[row, token]), 1, best[row] == token)
 
-        self._in_batches(contexts, batch_size, score)
+        self.in_batches(contexts, batch_size, score)
 
     def generate(
         self,
@@ -317,6 +307,40 @@ class HFModel:
             Per prompt, ``num_samples`` decoded continuations without the prompt and special
             tokens.
         """
+        rows = self.generate_tokens(
+            self.encode_prompts(prompts),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            num_samples=num_samples,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return list(chunks(texts, num_samples))
+
+    def generate_tokens(
+        self,
+        contexts: Sequence[list[int]],
+        *,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        num_samples: int,
+        seed: int | None,
+        batch_size: int,
+    ) -> list[list[int]]:
+        """Continue encoded prompts (as `encode_prompts` gives them), batched by `in_batches`.
+
+        The arguments are those of `generate`; ``contexts`` are left-padded per batch.
+
+        Returns:
+            ``num_samples`` rows of new token ids per context, context-major, as the model's
+            ``generate`` returns them: a row that stopped before the longest of its batch is
+            padded with the pad token (the end-of-sequence token when there is no pad token).
+        """
         options: dict[str, object] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,
@@ -326,20 +350,19 @@ class HFModel:
         if do_sample:
             options.update(temperature=temperature, top_p=top_p, top_k=0)
         cuda = [self.device] if self.device.type == "cuda" else []
-        results: list[list[str]] = []
+        rows: list[list[int]] = []
 
-        def continue_batch(batch: list[str]) -> None:
-            ids, mask = self._pad(self._encode(batch), left=True)
+        def continue_batch(batch: list[list[int]]) -> None:
+            ids, mask = self.pad(batch, left=True)
             with torch.inference_mode():
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **options)
-            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            results.extend(chunks(texts, num_samples))
+            rows.extend(out[:, ids.shape[1] :].tolist())
 
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            self._in_batches(list(prompts), batch_size, continue_batch)
-        return results
+            self.in_batches(list(contexts), batch_size, continue_batch)
+        return rows
 
     def hidden_states(
         self,
@@ -362,8 +385,8 @@ class HFModel:
         rows: list[np.ndarray] = []
 
         def read(batch: list[str]) -> None:
-            encoded = self._encode(batch)
-            ids, mask = self._pad(encoded, left=False)
+            encoded = self.encode_prompts(batch)
+            ids, mask = self.pad(encoded, left=False)
             with torch.inference_mode():
                 states = self.model(
                     input_ids=ids, attention_mask=mask, output_hidden_states=True
@@ -373,17 +396,19 @@ class HFModel:
             stacked = torch.stack(chosen, dim=1)[torch.arange(len(batch)), :, last]
             rows.append(stacked.float().cpu().numpy())
 
-        self._in_batches(list(prompts), batch_size, read)
+        self.in_batches(list(prompts), batch_size, read)
         return np.concatenate(rows) if rows else np.empty((0, 0, 0), dtype=np.float32)
 
-    def _in_batches(
+    def in_batches(
         self, items: list[_Item], batch_size: int, run: Callable[[list[_Item]], None]
     ) -> None:
-        """Call ``run`` on consecutive batches of ``items``, in order.
+        """Call ``run`` on consecutive batches of ``items``, in order: the one batching path of
+        every forward pass of this model (scoring, generation, hidden states, metrics, serving).
 
         A batch that runs out of memory is retried at half the batch size (halved again until
         the batch is cut), and the model keeps that size as its `batch_limit`; an out-of-memory
-        error on a single item is raised.
+        error on a single item is raised. As a failed batch is run again, ``run`` should record
+        a batch's results only once they are all computed.
         """
         size = min(batch_size, self.batch_limit or batch_size)
         at = 0
@@ -409,8 +434,10 @@ class HFModel:
                 continue
             at += len(batch)
 
-    def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt: BOS (when the tokenizer has one) + its plain tokens.
+
+        This is how every prompt of the model is encoded (scoring, generation, hidden states).
 
         Each distinct prompt is tokenized once, all of them in one batch call.
         """
@@ -424,12 +451,20 @@ class HFModel:
         }
         return [table[p] for p in prompts]
 
-    def _encode_requests(
+    def encode_requests(
         self, requests: Sequence[tuple[str, str]]
     ) -> list[tuple[list[int], list[int]]]:
-        """Split (prompt, answer) pairs into context ids and answer ids."""
-        contexts = self._encode([prompt for prompt, _ in requests])
-        wholes = self._encode([prompt + answer for prompt, answer in requests])
+        """Split (prompt, answer) pairs into context ids and answer ids, as `score_answers` does.
+
+        The context is the prompt's `encode_prompts` ids; the answer ids are those of
+        ``prompt + answer`` after them, or the answer tokenized alone when the joint
+        tokenization does not extend the prompt's.
+
+        Raises:
+            ValueError: If a prompt or an answer has no tokens.
+        """
+        contexts = self.encode_prompts([prompt for prompt, _ in requests])
+        wholes = self.encode_prompts([prompt + answer for prompt, answer in requests])
         out = []
         for (prompt, answer), context, whole in zip(requests, contexts, wholes, strict=True):
             if whole[: len(context)] == context and len(whole) > len(context):
@@ -441,8 +476,13 @@ class HFModel:
             out.append((context, answer_ids))
         return out
 
-    def _pad(self, seqs: Sequence[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad token id lists into (input_ids, attention_mask) tensors on the model device."""
+    def pad(self, seqs: Sequence[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad token id lists into (input_ids, attention_mask) tensors on the model device.
+
+        Args:
+            seqs: Token id lists (at least one).
+            left: Pad on the left (for generation) instead of the right (for scoring).
+        """
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -451,6 +491,65 @@ class HFModel:
             ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
+
+
+def _torch_dtype(dtype: str | None, target: torch.device) -> torch.dtype:
+    """The torch dtype named ``dtype``; bfloat16 on CUDA and float32 elsewhere when None.
+
+    Raises:
+        ValueError: If the dtype is unknown.
+    """
+    if dtype is None:
+        dtype = "bfloat16" if target.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _read_config_and_tokenizer(
+    path: Path, trust_remote_code: bool
+) -> tuple[PreTrainedConfig, PreTrainedTokenizerBase]:
+    """A checkpoint's config and tokenizer.
+
+    Raises:
+        ModelSpecError: If either cannot be read.
+    """
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
+    return config, tokenizer
+
+
+def _load_weights(
+    path: Path,
+    config: PreTrainedConfig,
+    *,
+    dtype: torch.dtype,
+    device: str | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+) -> PreTrainedModel:
+    """A checkpoint's causal LM, on the CPU or, for device ``auto``, over all visible GPUs.
+
+    Raises:
+        ModelSpecError: If the weights cannot be read.
+        ValueError: If the device needs the accelerate package and it is missing.
+    """
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device_map=SPREAD if device == SPREAD else None,
+        )
+    except (OSError, SafetensorError) as err:
+        raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
+    except ImportError as err:  # device_map without accelerate
+        raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
 
 
 def _check_vocabulary(

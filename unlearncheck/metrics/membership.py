@@ -18,6 +18,8 @@ from scipy.stats import rankdata
 from unlearncheck.metrics._common import Floats, k_count, nonempty, to_numpy
 
 if TYPE_CHECKING:
+    import torch
+
     from unlearncheck.backends.hf import HFModel
 
 __all__ = [
@@ -161,31 +163,40 @@ def token_stats(
     """
     import torch
 
-    encoded = model._encode_requests(pairs)
+    encoded = model.encode_requests(pairs)
     out: list[TokenStats | None] = [None] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        ids, mask = model._pad([encoded[i][0] + encoded[i][1][:-1] for i in batch], left=False)
+
+    def read(batch: list[int]) -> None:
+        ids, mask = model.pad([encoded[i][0] + encoded[i][1][:-1] for i in batch], left=False)
         with torch.inference_mode():
             logits = model.model(input_ids=ids, attention_mask=mask).logits
         for row, i in enumerate(batch):
             context, text = encoded[i]
             span = slice(len(context) - 1, len(context) - 1 + len(text))
-            logp = logits[row, span].float().log_softmax(dim=-1)
-            target = torch.tensor(text, device=logp.device)
-            p = logp.exp()
-            reachable = p > 0
-            mu = (p * logp.where(reachable, 0.0)).sum(dim=-1)
-            centered = (logp - mu[:, None]).where(reachable, 0.0)
-            sigma = (p * centered.square()).sum(dim=-1).sqrt()
-            out[i] = TokenStats(
-                logprobs=to_numpy(logp.gather(1, target[:, None]).squeeze(1)),
-                argmax_matches=(logp.argmax(dim=-1) == target).cpu().numpy(),
-                mu=to_numpy(mu),
-                sigma=to_numpy(sigma),
-            )
+            out[i] = _token_stats(logits[row, span], text)
+
+    model.in_batches(order, batch_size, read)
     return [stats for stats in out if stats is not None]
+
+
+def _token_stats(logits: torch.Tensor, text: list[int]) -> TokenStats:
+    """`TokenStats` of ``text`` from the logits predicting each of its tokens."""
+    import torch
+
+    logp = logits.float().log_softmax(dim=-1)
+    target = torch.tensor(text, device=logp.device)
+    p = logp.exp()
+    reachable = p > 0
+    mu = (p * logp.where(reachable, 0.0)).sum(dim=-1)
+    centered = (logp - mu[:, None]).where(reachable, 0.0)
+    sigma = (p * centered.square()).sum(dim=-1).sqrt()
+    return TokenStats(
+        logprobs=to_numpy(logp.gather(1, target[:, None]).squeeze(1)),
+        argmax_matches=(logp.argmax(dim=-1) == target).cpu().numpy(),
+        mu=to_numpy(mu),
+        sigma=to_numpy(sigma),
+    )
 
 
 @dataclass(frozen=True)
