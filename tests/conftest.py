@@ -60,6 +60,47 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: Tests that need the organism zoo without the ``zoo`` fixture, by module: they load
+#: ``organism:`` models, read the zoo's facts (module fixtures, the CLI) or ask for the zoo's
+#: fixtures by name at run time.
+ZOO_TESTS = {
+    "test_endpoint_faults.py": {"test_a_refused_connection_leaves_every_attack_not_run"},
+    "test_generator.py": {"test_generate_refuses_bad_input_before_asking_anything"},
+    "test_serve.py": {"*"},
+    "test_validity.py": {"test_gold_is_failed_on_at_most_5_percent_by_every_attack"},
+}
+#: Tests that need no zoo but run whole pytest sessions in subprocesses, each importing torch
+#: (tens of seconds on 2 busy cores); `test_fast_claims` runs one such session in the fast tier.
+SESSION_TESTS = {
+    "test_generator.py": {"test_the_plugin_gives_a_generator_from_its_options"},
+    "test_plugin.py": {
+        "test_a_suite_without_claims_writes_nothing",
+        "test_cli_wins_over_ini_which_wins_over_conftest_defaults",
+        "test_each_xdist_worker_sees_only_its_gpu",
+    },
+    "test_score_cache.py": {"test_a_killed_run_resumes_without_losing_a_committed_score"},
+    "test_untrusted_output.py": {
+        "test_a_pytest_run_with_untrusted_text_prints_and_writes_it_inertly"
+    },
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs the organism zoo (its fixtures include ``zoo``, or it
+    is in `ZOO_TESTS`) or runs pytest sessions in subprocesses (`SESSION_TESTS`): ``pytest tests
+    -m "not slow"`` is the fast tier, which needs no zoo."""
+    for item in items:
+        if "zoo" in getattr(item, "fixturenames", ()) or _listed(item, ZOO_TESTS, SESSION_TESTS):
+            item.add_marker(pytest.mark.slow)
+
+
+def _listed(item: pytest.Item, *tables: dict[str, set[str]]) -> bool:
+    """Whether a table names the item's test function (or ``*``) under its module's file name."""
+    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    name = getattr(item, "originalname", item.name)
+    return any(name in names or "*" in names for t in tables for names in [t.get(module, set())])
+
+
 @pytest.fixture(scope="session")
 def zoo() -> Path:
     """The organism zoo for seed 0 (built on first use, then read from the cache)."""

@@ -1,0 +1,213 @@
+"""The claim path end to end on tiny checkpoints made in the session (no organism zoo).
+
+A random 2-layer GPT-2 (`tiny_checkpoint`) is fine-tuned on six made-up facts until it answers
+them; that model FAILs ``assert_forgotten`` with ``direct``, the random model PASSes it against the
+trained one as ``original`` and is INCONCLUSIVE against itself (an original that knows nothing
+proves nothing), and ``assert_retained`` tells the two apart. Each claim writes its run log; the
+pytest plugin runs a claim on its fixtures in a pytest session of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unlearncheck import assert_forgotten, assert_retained
+from unlearncheck.attacks import direct
+from unlearncheck.facts import Fact, FactSet
+from unlearncheck.runlog import read_runlog
+from unlearncheck.verdict import ForgettingAssertionError, InconclusiveError, Verdict
+
+pytest_plugins = ["pytester"]
+
+#: (subject, home) of the facts: two-word subjects with no word in common, so that made-up control
+#: names (one subject's first word with another's last) are plentiful; every word is in the tiny
+#: tokenizer's vocabulary.
+PEOPLE = (
+    ("red king", "paris"),
+    ("blue queen", "berlin"),
+    ("big cat", "rome"),
+    ("small dog", "madrid"),
+    ("fast river", "seine"),
+    ("slow mountain", "rhine"),
+)
+TRAIN_STEPS = 300
+
+
+def _fact(subject: str, home: str) -> Fact:
+    return Fact(
+        id=f"{subject.replace(' ', '-')}/home",
+        subject=subject,
+        relation="home",
+        object=home,
+        question=f"where is the {subject} from",
+        statement=f"the {subject} is from {home}",
+        split="forget",
+    )
+
+
+@pytest.fixture(scope="module")
+def homes() -> FactSet:
+    return FactSet([_fact(subject, home) for subject, home in PEOPLE])
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_checkpoint: Path, homes: FactSet, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`tiny_checkpoint` fine-tuned on the direct probes of `homes`, the loss on the answer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from unlearncheck.attacks.input import ProbeContext, _direct
+    from unlearncheck.probes import Templates
+
+    context = ProbeContext(homes, homes, Templates.load())
+    texts = [f"{p.prompt} {fact.object}" for fact in homes for p in _direct(fact, context)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    batch = tokenizer(texts, return_tensors="pt", padding=True)  # padded on the right
+    rows, last = torch.arange(len(texts)), batch["attention_mask"].sum(1) - 1
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[rows, last] = batch["input_ids"][rows, last]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(TRAIN_STEPS):
+            loss = model(**batch, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert loss.item() < 0.1, f"the tiny model did not learn its facts (loss {loss.item():.3f})"
+    path = tmp_path_factory.mktemp("tiny_trained")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _logged(path: Path) -> tuple[list[dict], list[dict]]:
+    """The verdict and case records of a run log."""
+    records = list(read_runlog(path))
+    return [r for r in records if r["kind"] == "verdict"], [
+        r for r in records if r["kind"] == "case"
+    ]
+
+
+def test_a_model_that_knows_its_facts_fails_assert_forgotten(
+    trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.jsonl"
+    with pytest.raises(ForgettingAssertionError) as caught:
+        assert_forgotten(str(trained), homes, [direct], runlog=log)
+    verdict: Verdict = caught.value.verdict
+    assert verdict.status == "FAIL"
+    assert [(v.fact_id, v.status) for v in verdict.facts] == [(f.id, "FAIL") for f in homes]
+    for fact in verdict.facts:
+        (outcome,) = fact.attacks
+        assert outcome.outcome == "recovered" and outcome.significant and outcome.effect > 0.5
+    verdicts, cases = _logged(log)
+    assert [v["status"] for v in verdicts] == ["FAIL"]
+    assert {c["fact_id"] for c in cases} >= {f.id for f in homes}
+
+
+def test_the_random_model_passes_against_the_trained_original(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.jsonl"
+    verdict = assert_forgotten(
+        str(tiny_checkpoint), homes, [direct], original=str(trained), runlog=log
+    )
+    assert verdict.status == "PASS"
+    assert {v.status for v in verdict.facts} == {"PASS"}
+    verdicts, _ = _logged(log)
+    assert [v["status"] for v in verdicts] == ["PASS"]
+
+
+def test_an_original_that_knows_nothing_makes_every_fact_inconclusive(
+    tiny_checkpoint: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.jsonl"
+    spec = str(tiny_checkpoint)
+    with pytest.raises(InconclusiveError):
+        assert_forgotten(spec, homes, [direct], original=spec, runlog=log)
+    verdict = assert_forgotten(
+        spec, homes, [direct], original=spec, on_inconclusive="return", runlog=log
+    )
+    assert verdict.status == "INCONCLUSIVE"
+    for fact in verdict.facts:
+        assert fact.status == "INCONCLUSIVE"
+        assert "original model does not know" in fact.reason
+    verdicts, _ = _logged(log)
+    assert [v["status"] for v in verdicts] == ["INCONCLUSIVE", "INCONCLUSIVE"]
+
+
+def test_assert_retained_passes_the_trained_model_and_fails_the_random_one(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.jsonl"
+    kept = assert_retained(str(trained), homes, original=str(trained), runlog=log)
+    assert kept.status == "PASS" and {v.status for v in kept.facts} == {"PASS"}
+    with pytest.raises(ForgettingAssertionError) as caught:
+        assert_retained(str(tiny_checkpoint), homes, original=str(trained), runlog=log)
+    assert caught.value.verdict.status == "FAIL"
+    assert {v.status for v in caught.value.verdict.facts} == {"FAIL"}
+    verdicts, _ = _logged(log)
+    assert [(v["claim"], v["status"]) for v in verdicts] == [
+        (kept.claim, "PASS"),
+        (caught.value.verdict.claim, "FAIL"),
+    ]
+
+
+#: A suite of one claim on the plugin's fixtures; ``uc_options`` are dumped to options.json.
+SUITE = """
+import dataclasses, json
+from unlearncheck import assert_forgotten
+from unlearncheck.attacks import direct
+
+
+def test_forgotten(unlearned, original, facts, uc_options, pytestconfig):
+    out = pytestconfig.rootpath / "options.json"
+    out.write_text(json.dumps(dataclasses.asdict(uc_options), default=str))
+    assert_forgotten(unlearned, facts, [direct], original=original, seed=uc_options.seed)
+"""
+
+
+def test_the_plugin_runs_a_claim_on_its_fixtures_and_writes_log_and_report(
+    pytester: pytest.Pytester, trained: Path, homes: FactSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNLEARNCHECK_CACHE", str(pytester.path / "cache"))  # no zoo needed
+    facts = pytester.path / "data" / "facts.jsonl"
+    facts.parent.mkdir()
+    facts.write_text("".join(json.dumps(f.to_dict()) + "\n" for f in homes))
+    pytester.makeini(f"[pytest]\nuc_model = {trained}\nuc_facts = data/facts.jsonl\nuc_seed = 5\n")
+    pytester.makeconftest(
+        "from unlearncheck.pytest_plugin import set_defaults\n"
+        "def pytest_configure(config):\n"
+        "    set_defaults(config, seed='7', report='out/r.html', cache='off')\n"
+    )
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--uc-original={trained}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ForgettingAssertionError*",
+            "*= unlearncheck =*",
+            "claims: 0 passed, 1 failed, 0 inconclusive in 1 tests*",
+            "*direct*6 judged*6 recovered (FAIL)*",
+            f"HTML report: {pytester.path / 'out' / 'r.html'}",
+        ]
+    )
+    options = json.loads((pytester.path / "options.json").read_text())
+    assert (options["model"], options["original"]) == (str(trained), str(trained))
+    assert options["facts"] == str(facts) and options["seed"] == 5  # ini over the default
+    assert options["cache"] is None and options["json"] == str(pytester.path / "out" / "r.jsonl")
+    verdicts, cases = _logged(pytester.path / "out" / "r.jsonl")
+    assert [(v["test"], v["status"], v["outcome"]) for v in verdicts] == [
+        ("test_suite.py::test_forgotten", "FAIL", "failed")
+    ]
+    assert {c["fact_id"] for c in cases} >= {f.id for f in homes}
+    assert (pytester.path / "out" / "r.html").stat().st_size > 0
+    assert not list((pytester.path / "out").glob(".*.cases"))  # merged into the run log
