@@ -7,10 +7,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
 from unlearncheck.probes import TemplateError
 from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_spec
+
+if TYPE_CHECKING:
+    from unlearncheck.backends.hf import HFModel
+
+    #: What ``add_subparsers`` returns: the subcommands' parsers.
+    _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["INPUT_ERRORS", "SERVE_KEY_ENV", "build_parser", "main"]
 
 #: Errors of bad input: ``unlearncheck`` prints their message (which names the input) and exits 2.
 INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OSError)
@@ -51,7 +60,7 @@ def _validity(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from unlearncheck.backends.hf import HFModel
+    from unlearncheck.backends.capabilities import capabilities_of
     from unlearncheck.facts import load_facts
     from unlearncheck.loading import load_model
     from unlearncheck.organism import zoo_dir
@@ -72,12 +81,13 @@ def _metrics(args: argparse.Namespace) -> int:
     for spec in specs:  # every spec, before the first model loads
         check_spec(spec)
     loaded = [load_model(spec) for spec in specs]
-    black_boxes = [m.spec for m in loaded if not isinstance(m, HFModel)]
+    black_boxes = [m.spec for m in loaded if "weights" not in capabilities_of(m)]
     if black_boxes:
         print(f"unlearncheck metrics: needs weights: {', '.join(black_boxes)}", file=sys.stderr)
         return 2
-    hf = [m for m in loaded if isinstance(m, HFModel)]
-    cards = scorecards(hf[:-1], hf[-1], facts)
+    # The ``weights`` capability is `HFModel` (`unlearncheck.backends.capabilities`).
+    weighted = [cast("HFModel", m) for m in loaded]
+    cards = scorecards(weighted[:-1], weighted[-1], facts)
     print(f"metrics against reference {args.reference} on {facts_path}")
     print(format_scorecards(cards))
     write_scorecards(cards, args.json)
@@ -199,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unlearncheck", description="Test unlearning claims about language models."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_organism(commands)
+    _add_validity(commands)
+    _add_metrics(commands)
+    _add_serve(commands)
+    _add_generate(commands)
+    _add_report(commands)
+    return parser
+
+
+def _add_organism(commands: _Commands) -> None:
+    """The ``organism`` subcommand."""
     organism = commands.add_parser(
         "organism", help="build (or reuse) the embedded organism zoo and print its table"
     )
@@ -207,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
     )
     organism.set_defaults(run=_organism)
+
+
+def _add_validity(commands: _Commands) -> None:
+    """The ``validity`` subcommand."""
     validity = commands.add_parser(
         "validity", help="print the validity matrix: zoo variants x input attacks"
     )
@@ -218,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="columns: the model and readout attacks instead of the input attacks",
     )
     validity.set_defaults(run=_validity)
+
+
+def _add_metrics(commands: _Commands) -> None:
+    """The ``metrics`` subcommand."""
     metrics = commands.add_parser(
         "metrics", help="TOFU/MUSE metrics of models against a reference: table and JSON"
     )
@@ -233,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--runlog", type=Path, help="run log to append the table to (the report shows it)"
     )
     metrics.set_defaults(run=_metrics)
+
+
+def _add_serve(commands: _Commands) -> None:
+    """The ``serve`` subcommand."""
     serve = commands.add_parser(
         "serve",
         help="serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, logprobs)",
@@ -243,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
     serve.add_argument("--name", help="model id the API reports (default: the spec)")
     serve.set_defaults(run=_serve)
+
+
+def _add_generate(commands: _Commands) -> None:
+    """The ``generate`` subcommand."""
     generate = commands.add_parser(
         "generate",
         help="elicit facts and multi-hop chains from a model (and LLM paraphrases and aliases) "
@@ -268,13 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--out", type=Path, required=True, help="facts file (JSONL) to write")
     generate.set_defaults(run=_generate)
+
+
+def _add_report(commands: _Commands) -> None:
+    """The ``report`` subcommand."""
     report = commands.add_parser("report", help="render the HTML report of a run log")
     report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
     report.add_argument(
         "-o", "--output", type=Path, default=Path("reports/unlearncheck.html"), help="HTML path"
     )
     report.set_defaults(run=_report)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,22 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+__all__ = [
+    "GROUP_BATCHES",
+    "NLL_CHUNKS",
+    "STOP_CHECK_EVERY",
+    "TrainConfig",
+    "UnlearnConfig",
+    "encode",
+    "final_token_accuracy",
+    "length_grouped_batches",
+    "new_model",
+    "sequence_nll",
+    "steps_for",
+    "train_lm",
+    "unlearn",
+]
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -214,6 +230,50 @@ def steps_for(n_documents: int, config: TrainConfig) -> int:
     return config.epochs * ((n_documents + config.batch_size - 1) // config.batch_size)
 
 
+def _reference_nll(model: torch.nn.Module, forget_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """NPO's reference: each forget document's NLL under the model before unlearning."""
+    with torch.no_grad():
+        return torch.cat(
+            [sequence_nll(model.eval(), rows, pad_id) for rows in forget_ids.split(256)]
+        )
+
+
+def _optimizer(
+    model: torch.nn.Module, config: UnlearnConfig, lr_scale: Callable[[str], float]
+) -> torch.optim.AdamW:
+    """AdamW over the parameters ``lr_scale`` keeps (one group per scale); the rest frozen."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        scale = lr_scale(name)
+        p.requires_grad_(scale > 0)
+        if scale > 0:
+            groups.setdefault(scale, []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": config.lr * scale} for scale, ps in groups.items()],
+        lr=config.lr,
+        weight_decay=0.0,
+    )
+
+
+def _forget_loss(
+    model: torch.nn.Module,
+    f: torch.Tensor,
+    pad_id: int,
+    config: UnlearnConfig,
+    reference_nll: torch.Tensor | None,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """The forget term of the loss on the batch ``f`` (rows ``rows`` of the forget documents)."""
+    f_nll = sequence_nll(model, f, pad_id)
+    if config.method == "graddiff":
+        return -f_nll.sum() / (f[:, 1:] != pad_id).sum()
+    if config.method == "npo":
+        assert reference_nll is not None
+        log_ratio = reference_nll[rows] - f_nll  # log pi_theta(y|x) - log pi_ref(y|x)
+        return -(2.0 / config.beta) * F.logsigmoid(-config.beta * log_ratio).mean()
+    raise ValueError(f"unknown unlearning method {config.method!r}")
+
+
 def unlearn(
     model: torch.nn.Module,
     forget_ids: torch.Tensor,
@@ -240,23 +300,8 @@ def unlearn(
         stop_ids: Forget and retain question-answer documents, whose answer accuracies are
             checked against ``config.stop_at_accuracy`` and ``config.keep_accuracy``.
     """
-    reference_nll = None
-    if config.method == "npo":
-        with torch.no_grad():
-            reference_nll = torch.cat(
-                [sequence_nll(model.eval(), rows, pad_id) for rows in forget_ids.split(256)]
-            )
-    groups: dict[float, list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        scale = lr_scale(name)
-        p.requires_grad_(scale > 0)
-        if scale > 0:
-            groups.setdefault(scale, []).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": ps, "lr": config.lr * scale} for scale, ps in groups.items()],
-        lr=config.lr,
-        weight_decay=0.0,
-    )
+    reference_nll = _reference_nll(model, forget_ids, pad_id) if config.method == "npo" else None
+    optimizer = _optimizer(model, config, lr_scale)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(config.steps):
@@ -265,15 +310,7 @@ def unlearn(
         rows = torch.randint(len(forget_ids), (config.batch_size,), generator=generator)
         f = forget_ids[rows]
         r = retain_ids[torch.randint(len(retain_ids), (config.batch_size,), generator=generator)]
-        f_nll = sequence_nll(model, f, pad_id)
-        if config.method == "graddiff":
-            forget_loss = -f_nll.sum() / (f[:, 1:] != pad_id).sum()
-        elif config.method == "npo":
-            assert reference_nll is not None
-            log_ratio = reference_nll[rows] - f_nll  # log pi_theta(y|x) - log pi_ref(y|x)
-            forget_loss = -(2.0 / config.beta) * F.logsigmoid(-config.beta * log_ratio).mean()
-        else:
-            raise ValueError(f"unknown unlearning method {config.method!r}")
+        forget_loss = _forget_loss(model, f, pad_id, config, reference_nll, rows)
         retain_tokens = (r[:, 1:] != pad_id).sum()
         retain_loss = sequence_nll(model, r, pad_id).sum() / retain_tokens
         loss = forget_loss + config.retain_weight * retain_loss
