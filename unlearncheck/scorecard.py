@@ -34,6 +34,15 @@ from unlearncheck.facts import Fact, FactSet
 from unlearncheck.metrics.fade import fade
 from unlearncheck.probes import Templates, question_of, statement_of
 
+__all__ = [
+    "ANSWER_TOKENS",
+    "FADE_SAMPLES",
+    "Scorecard",
+    "format_scorecards",
+    "scorecards",
+    "write_scorecards",
+]
+
 #: Greedy answer length for ROUGE-L.
 ANSWER_TOKENS = 8
 #: Samples per forget question for FADE.

@@ -30,6 +30,19 @@ from unlearncheck.backends.capabilities import Capability
 from unlearncheck.backends.hf import AnswerScore, chunks
 from unlearncheck.specs import ENDPOINT_PREFIX, ModelSpecError
 
+__all__ = [
+    "API_KEY_ENV",
+    "MAX_BACKOFF",
+    "MAX_FAULT_CHARS",
+    "MAX_RETRY_AFTER",
+    "PREFIX",
+    "RETRIED_STATUSES",
+    "EndpointError",
+    "MalformedResponseError",
+    "OpenAIModel",
+    "is_openai_spec",
+]
+
 logger = logging.getLogger(__name__)
 
 PREFIX = ENDPOINT_PREFIX
