@@ -331,7 +331,7 @@ def test_zoo_forget_quality_and_privleak(
 
 def test_sampling_reads_leaks_by_rouge_l_when_asked() -> None:
     """ROUGE-L as a readout: a sample stating part of a long answer counts past the threshold."""
-    from unlearncheck.attacks.readout import SamplingAttack
+    from unlearncheck.attacks.sampling_readout import SamplingAttack
 
     sample, answer = "I think at Vellmar City, yes", "Vellmar City Hall"
     assert not SamplingAttack().states(sample, answer)  # whole-word match only

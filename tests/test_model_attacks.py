@@ -22,7 +22,7 @@ from unlearncheck.attacks import (
 )
 from unlearncheck.attacks.input import ProbeContext
 from unlearncheck.attacks.model import MAX_HELD_VARIANTS
-from unlearncheck.attacks.readout import contains_answer
+from unlearncheck.attacks.sampling_readout import contains_answer
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
 from unlearncheck.loading import load_model

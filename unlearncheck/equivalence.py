@@ -10,22 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from unlearncheck import events
+from unlearncheck.attacks.base import ClaimModels
+from unlearncheck.backends.capabilities import capabilities_of
 from unlearncheck.facts import Fact
-from unlearncheck.loading import ModelLike, load_model
+from unlearncheck.loading import ModelLike
 from unlearncheck.metrics.fade import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_N,
     EVIDENCE,
     FadeResult,
+    SamplingModel,
     _Pool,
 )
+from unlearncheck.pipeline import finish, load_models, open_log
 from unlearncheck.probes import Templates, question_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.untrusted import shown
-from unlearncheck.verdict import TERMINAL_CHARS, ForgettingAssertionError, Status, Verdict
+from unlearncheck.verdict import TERMINAL_CHARS, ForgettingAssertionError, Verdict
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -182,12 +185,7 @@ def assert_equivalent(
         ValueError: No prompts, ``n`` < 1, or models with different vocabularies.
     """
     prompts = as_prompts(prompts_or_facts, templates)
-    roles = {
-        "model": load_model(model, device=device),
-        "reference": load_model(reference, device=device),
-    }
-    if original is not None:
-        roles["original"] = load_model(original, device=device)
+    models = load_models(model, reference, original, device)
     pool = _Pool(
         prompts,
         n=n,
@@ -196,43 +194,21 @@ def assert_equivalent(
         top_p=1.0,
         length_normalized=length_normalized,
     )
-    ref = roles["reference"]
-    result = pool.fade(roles["model"], ref, model_seed=seed, reference_seed=seed)
-    floor = pool.fade(ref, ref, model_seed=seed, reference_seed=seed + FLOOR_SEED_OFFSET)
-    original_result = (
-        pool.fade(roles["original"], ref, model_seed=seed, reference_seed=seed)
-        if "original" in roles
-        else None
-    )
-    reasons = []
-    if result.fade - floor.fade > tolerance:
-        reasons.append(
-            f"FADE(model, reference) {result.fade:.3f} is {result.fade - floor.fade:.3f} above "
-            f"the noise floor {floor.fade:.3f} (tolerance {tolerance})"
-        )
-    if original_result is not None and result.fade >= original_result.fade:
-        reasons.append(
-            f"FADE(model, reference) {result.fade:.3f} ≥ FADE(original, reference) "
-            f"{original_result.fade:.3f}: the model is no closer to the reference than the original"
-        )
-    status: Status = "FAIL" if reasons else "PASS"
-    config: dict[str, Any] = {}
-    for role in ("model", "reference", "original"):
-        loaded = roles.get(role)
-        config[role] = loaded.spec if loaded is not None else None
-        config[f"{role}_hash"] = loaded.content_hash if loaded is not None else None
-    config.update(
-        kind="equivalent",
-        n=n,
-        prompts=len(prompts),
-        max_new_tokens=max_new_tokens,
-        length_normalized=length_normalized,
-        tolerance=tolerance,
-        seed=seed,
-    )
+    result, floor, original_result = _fades(pool, _samplers(models), seed)
+    reasons = _failures(result, floor, original_result, tolerance)
+    config: dict[str, Any] = {
+        **models.identities(),
+        "kind": "equivalent",
+        "n": n,
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "length_normalized": length_normalized,
+        "tolerance": tolerance,
+        "seed": seed,
+    }
     verdict = EquivalenceVerdict(
         claim or f"equivalent: {len(prompts)} prompts",
-        status,
+        "FAIL" if reasons else "PASS",
         [],
         config,
         result=result,
@@ -241,12 +217,56 @@ def assert_equivalent(
         tolerance=tolerance,
         reasons=reasons,
     )
-    log = RunLog(runlog) if isinstance(runlog, str | Path) else runlog
-    if log is not None:
-        for role, loaded in roles.items():
-            log.model(role, loaded.spec, loaded.content_hash)
-        log.write("verdict", verdict.to_dict())
-    events.publish(verdict)
-    if status == "FAIL" and raise_on_fail:
-        raise EquivalenceAssertionError(verdict)
+    log = open_log(runlog)
+    models.record(log)
+    finish(verdict, log, raise_on_fail=raise_on_fail, error=EquivalenceAssertionError)
     return verdict
+
+
+def _samplers(models: ClaimModels) -> tuple[SamplingModel, SamplingModel, SamplingModel | None]:
+    """The model, the reference and the original as samplers (FADE samples from each).
+
+    Raises:
+        ValueError: A model that does not generate.
+    """
+    for role, m in models.given():
+        if "generation" not in capabilities_of(m):
+            raise ValueError(f"assert_equivalent samples from every model; the {role} cannot")
+    return cast(
+        "tuple[SamplingModel, SamplingModel, SamplingModel | None]",
+        (models.model, models.reference, models.original),
+    )
+
+
+def _fades(
+    pool: _Pool, samplers: tuple[SamplingModel, SamplingModel, SamplingModel | None], seed: int
+) -> tuple[FadeResult, FadeResult, FadeResult | None]:
+    """FADE(model, reference), the noise floor FADE(reference, reference′) and, with an
+    original, FADE(original, reference); the reference's samples at ``seed`` serve all three."""
+    model, ref, original = samplers
+    result = pool.fade(model, ref, model_seed=seed, reference_seed=seed)
+    floor = pool.fade(ref, ref, model_seed=seed, reference_seed=seed + FLOOR_SEED_OFFSET)
+    on_original = (
+        pool.fade(original, ref, model_seed=seed, reference_seed=seed)
+        if original is not None
+        else None
+    )
+    return result, floor, on_original
+
+
+def _failures(
+    result: FadeResult, floor: FadeResult, original: FadeResult | None, tolerance: float
+) -> list[str]:
+    """Why the model does not generate like the reference (empty: it does)."""
+    reasons = []
+    if result.fade - floor.fade > tolerance:
+        reasons.append(
+            f"FADE(model, reference) {result.fade:.3f} is {result.fade - floor.fade:.3f} above "
+            f"the noise floor {floor.fade:.3f} (tolerance {tolerance})"
+        )
+    if original is not None and result.fade >= original.fade:
+        reasons.append(
+            f"FADE(model, reference) {result.fade:.3f} ≥ FADE(original, reference) "
+            f"{original.fade:.3f}: the model is no closer to the reference than the original"
+        )
+    return reasons

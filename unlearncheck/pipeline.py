@@ -242,7 +242,7 @@ class Claim:
         scorer = ClaimScorer(
             Scorer(settings.readout), settings.tolerance, settings.alpha, strata(ctx), log
         )
-        scorer.record(loaded)
+        loaded.record(log)
         return cls(kind, claim_facts, ctx, loaded, settings, log, scorer)
 
     def run(self, attack: Attack) -> AttackResult:

@@ -73,6 +73,12 @@ class ClaimModels:
             if model is not None:
                 yield role, model
 
+    def record(self, log: RunLog | None) -> None:
+        """Record the identity of each model in the run log (once per model and role)."""
+        if log is not None:
+            for role, m in self.given():
+                log.model(role, m.spec, m.content_hash)
+
     def identities(self) -> dict[str, str | None]:
         """Spec and content hash of each role (None for a role not given)."""
         out: dict[str, str | None] = {}
@@ -144,12 +150,6 @@ class ClaimScorer:
     strata: Mapping[str, str]
     log: RunLog | None = None
 
-    def record(self, models: ClaimModels) -> None:
-        """Record the identity of each model in the run log (once per model and role)."""
-        if self.log is not None:
-            for role, m in models.given():
-                self.log.model(role, m.spec, m.content_hash)
-
     def score_by_fact(
         self, model: ScoringModel, probes_by_fact: Mapping[str, list[Probe]]
     ) -> dict[str, list[ProbeScores]]:
@@ -178,7 +178,7 @@ class ClaimScorer:
         the model, the reference and the original are assessed together (`assess_probes`), and
         each fact is decided against the chance pool of its stratum (`decide`).
         """
-        self.record(models)
+        models.record(self.log)
         on = {role: self.score_by_fact(m, probes_by_fact) for role, m in models.given()}
         groups = {
             fact_id: assess_probes(

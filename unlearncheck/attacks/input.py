@@ -325,70 +325,67 @@ def _alias(fact: Fact, ctx: ProbeContext) -> list[Probe]:
 
 def _multihop(fact: Fact, ctx: ProbeContext) -> list[Probe]:
     """Chains through the fact: forward (X → object → next) and backward (Y → X → object)."""
-    t = ctx.templates
-    probes = []
-    for hop in ctx.facts.next_hops(fact):
-        chain = t.chain(fact.relation, hop.relation)
-        questions = [("chain.question", chain.get("question"))] + [
-            (f"chain.questions[{i}]", q) for i, q in enumerate(chain.get("questions", ()))
-        ]
-        noun = t.noun(fact.relation, fact.subject)
-        second = t.relation(hop.relation).get("question")
-        if noun and second:
-            questions.append(("composed", second.format(subject=noun)))
-        distractors = ctx.distractors(hop)
-        controls = ctx.controls(fact)
-        answers = ctx.control_answers(
-            controls, partial(_object_chain, ctx, first=fact.relation, second=hop.relation)
-        )
-        for form, q in questions:
-            if not q:
-                continue
-            probes.append(
-                Probe(
-                    fact_id=fact.id,
-                    attack="multihop",
-                    form=f"{hop.relation}:{form}",
-                    prompt=t.format_question(q.format(subject=fact.subject)),
-                    answer=hop.object,
-                    distractors=distractors,
-                    anchor=fact.subject,
-                    controls=controls,
-                    control_answers=answers,
-                    lineage=(f"fact:{fact.id}", f"hop:{hop.id}", f"multihop:{form}"),
-                )
-            )
+    probes = [p for hop in ctx.facts.next_hops(fact) for p in _forward_chains(fact, hop, ctx)]
     for incoming in ctx.facts.filter(lambda f: f.object == fact.subject):
-        noun = t.noun(incoming.relation, incoming.subject)
-        question = t.relation(fact.relation).get("question")
-        if not (noun and question):
-            continue
-        base = _probe(
-            fact,
-            ctx,
-            "multihop",
-            f"via:{incoming.id}",
-            t.format_question(question.format(subject=noun)),
-        )
-        controls = base.controls
-        probes.append(
-            Probe(
-                fact_id=fact.id,
-                attack="multihop",
-                form=f"via:{incoming.relation}",
-                prompt=base.prompt,
-                answer=base.answer,
-                distractors=base.distractors,
-                anchor=incoming.subject,
-                controls=controls,
-                control_answers=ctx.control_answers(
-                    controls,
-                    partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
-                ),
-                lineage=(f"fact:{fact.id}", f"hop:{incoming.id}", "multihop:backward"),
-            )
-        )
+        probe = _backward_chain(fact, incoming, ctx)
+        if probe is not None:
+            probes.append(probe)
     return probes
+
+
+def _forward_chains(fact: Fact, hop: Fact, ctx: ProbeContext) -> list[Probe]:
+    """Questions for the next hop's object through the fact's subject (X → object → next)."""
+    t = ctx.templates
+    chain = t.chain(fact.relation, hop.relation)
+    questions = [("chain.question", chain.get("question"))] + [
+        (f"chain.questions[{i}]", q) for i, q in enumerate(chain.get("questions", ()))
+    ]
+    noun = t.noun(fact.relation, fact.subject)
+    second = t.relation(hop.relation).get("question")
+    if noun and second:
+        questions.append(("composed", second.format(subject=noun)))
+    distractors = ctx.distractors(hop)
+    controls = ctx.controls(fact)
+    answers = ctx.control_answers(
+        controls, partial(_object_chain, ctx, first=fact.relation, second=hop.relation)
+    )
+    return [
+        Probe(
+            fact_id=fact.id,
+            attack="multihop",
+            form=f"{hop.relation}:{form}",
+            prompt=t.format_question(q.format(subject=fact.subject)),
+            answer=hop.object,
+            distractors=distractors,
+            anchor=fact.subject,
+            controls=controls,
+            control_answers=answers,
+            lineage=(f"fact:{fact.id}", f"hop:{hop.id}", f"multihop:{form}"),
+        )
+        for form, q in questions
+        if q
+    ]
+
+
+def _backward_chain(fact: Fact, incoming: Fact, ctx: ProbeContext) -> Probe | None:
+    """The fact's question asked of the entity it is reached from (Y → X → object)."""
+    t = ctx.templates
+    noun = t.noun(incoming.relation, incoming.subject)
+    question = t.relation(fact.relation).get("question")
+    if not (noun and question):
+        return None
+    prompt = t.format_question(question.format(subject=noun))
+    base = _probe(fact, ctx, "multihop", f"via:{incoming.id}", prompt)
+    return replace(
+        base,
+        form=f"via:{incoming.relation}",
+        anchor=incoming.subject,
+        control_answers=ctx.control_answers(
+            base.controls,
+            partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
+        ),
+        lineage=(f"fact:{fact.id}", f"hop:{incoming.id}", "multihop:backward"),
+    )
 
 
 def _object_chain(ctx: ProbeContext, subject: str, *, first: str, second: str) -> str | None:

@@ -506,8 +506,24 @@ def _outcome(
         return AttackOutcome(attack.name, "not run", reason=reason, blocking=True, extra=extra)
     m = measured[fact.id]
     cases = [x.result(tolerance) for x in (m.item, *m.surrogates, *m.unknown)]
+    extra["pairs"] = _pairs(m, kept)
+    if fact.id not in counted:
+        what = "surrogates" if m.item.original - m.item.reference > tolerance else "forget item"
+        return AttackOutcome(
+            attack.name,
+            "not run",
+            reason=f"the original model does not know its {what} better than the reference",
+            excluded=len(m.unknown),
+            extra=extra,
+            cases=cases,
+        )
+    return _measured_outcome(attack, m, claim, cases, extra)
+
+
+def _pairs(m: _FactForgetting, kept: list[Surrogate]) -> list[dict[str, Any]]:
+    """Each surrogate beside the forget item: cosines and p̂ of both on every model."""
     cosine = {s.rewrite.prompt: s for s in kept}
-    extra["pairs"] = [
+    return [
         {
             "item": m.item.probe.prompt,
             "surrogate": s.probe.prompt,
@@ -521,16 +537,16 @@ def _outcome(
         }
         for s in m.surrogates
     ]
-    if fact.id not in counted:
-        what = "surrogates" if m.item.original - m.item.reference > tolerance else "forget item"
-        return AttackOutcome(
-            attack.name,
-            "not run",
-            reason=f"the original model does not know its {what} better than the reference",
-            excluded=len(m.unknown),
-            extra=extra,
-            cases=cases,
-        )
+
+
+def _measured_outcome(
+    attack: PSGAttack,
+    m: _FactForgetting,
+    claim: Mapping[str, float | None],
+    cases: list[ProbeResult],
+    extra: dict[str, Any],
+) -> AttackOutcome:
+    """The outcome of a fact whose forgetting was measured on its item and its surrogates."""
     on_item = normalized_forgetting(m.item.original, m.item.model, m.item.reference)
     on_surrogates = normalized_forgetting(*m.means())
     assert on_item is not None and on_surrogates is not None  # counted: θo above θr on both
