@@ -61,7 +61,8 @@ def trained(
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from unlearncheck.attacks.input import ProbeContext, _direct
+    from unlearncheck.attacks.context import ProbeContext
+    from unlearncheck.attacks.input import _direct
     from unlearncheck.probes import Templates
 
     context = ProbeContext(homes, homes, Templates.load())

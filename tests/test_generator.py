@@ -20,7 +20,7 @@ import torch
 
 from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import paraphrase
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.openai_api import OpenAIModel
 from unlearncheck.cli import main
 from unlearncheck.facts import FactSet

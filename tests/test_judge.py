@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unlearncheck.attacks.input import ProbeContext, alias, direct, incontext, multihop, paraphrase
+from unlearncheck.attacks.context import ProbeContext
+from unlearncheck.attacks.input import alias, direct, incontext, multihop, paraphrase
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
     ProbeScores,

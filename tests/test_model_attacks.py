@@ -20,7 +20,7 @@ from unlearncheck.attacks import (
     relearn,
     sampling,
 )
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.model import MAX_HELD_VARIANTS
 from unlearncheck.attacks.sampling_readout import contains_answer
 from unlearncheck.backends.hf import HFModel

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from operator import attrgetter
 
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.facts import Fact, FactSet
 
 __all__ = ["CALIBRATION_FACTS", "calibration_peers", "context_facts", "strata"]

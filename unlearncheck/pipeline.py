@@ -17,7 +17,8 @@ from typing import Any, Literal, TypedDict
 
 from unlearncheck import events
 from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer, not_run
-from unlearncheck.attacks.input import ProbeContext, direct, paraphrase
+from unlearncheck.attacks.context import ProbeContext
+from unlearncheck.attacks.input import direct, paraphrase
 from unlearncheck.backends.capabilities import capabilities_of, missing_capabilities
 from unlearncheck.backends.openai_api import EndpointError
 from unlearncheck.calibration import calibration_peers, context_facts, strata

@@ -14,10 +14,10 @@ from importlib import import_module
 from typing import Any
 
 from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import (
     INPUT_ATTACKS,
     InputAttack,
-    ProbeContext,
     alias,
     direct,
     incontext,

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import Capability, ScoringModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (

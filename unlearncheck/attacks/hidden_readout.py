@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import (
     InputAttack,
-    ProbeContext,
     attributed_probes,
     direct,
     paraphrase,

@@ -21,9 +21,9 @@ import torch
 
 from unlearncheck import quantization
 from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import (
     InputAttack,
-    ProbeContext,
     attributed_probes,
     direct,
     paraphrase,

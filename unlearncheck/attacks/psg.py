@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer, not_run
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import Capability
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import MAX_EVIDENCE

@@ -16,7 +16,8 @@ from typing import Any
 
 from unlearncheck import judge
 from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
-from unlearncheck.attacks.input import InputAttack, ProbeContext, attributed_probes, direct
+from unlearncheck.attacks.context import ProbeContext
+from unlearncheck.attacks.input import InputAttack, attributed_probes, direct
 from unlearncheck.backends.capabilities import (
     Capability,
     GeneratingModel,

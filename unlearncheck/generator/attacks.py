@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property, partial
 
+from unlearncheck.attacks.context import N_DISTRACTORS, ProbeContext
 from unlearncheck.attacks.input import (
-    N_DISTRACTORS,
     InputAttack,
-    ProbeContext,
     alias,
     alias_or_name,
     attributed_probes,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unlearncheck.attacks.input import ProbeContext
+from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.generator.attacks import ProbeGenerator, elicited_distractors

@@ -1,0 +1,190 @@
+"""The probe context: what an attack may use besides the fact it probes.
+
+The known facts (the graph for multi-hop chains, the pool of distractors), the claim's facts
+(controls are drawn from these first), the template library and the seed. Every probe carries
+controls: the same prompt about other subjects for which the answer is not the truth. They
+calibrate what the model would say without knowing the fact (its prior over the options).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from unlearncheck.facts import Fact, FactSet
+from unlearncheck.probes import Templates
+
+__all__ = ["CONTROL_SUBJECTS", "MAX_CLAIM_CONTROLS", "N_DISTRACTORS", "ProbeContext"]
+
+MIN_CONTROLS = 1
+MAX_CONTROLS = 128
+CONTROL_SUBJECTS = 128
+#: Claim subjects taken as a fact's controls, at most (unless `ProbeContext.n_controls` asks for
+#: more): enough for a steady baseline, and a fixed number, so that a claim's cost grows with its
+#: facts and not with their square.
+MAX_CLAIM_CONTROLS = 10
+N_DISTRACTORS = 4
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What an input attack may use besides the fact: the known facts, the claim, the templates.
+
+    Attributes:
+        facts: Every known fact (the graph for multi-hop, the pool for controls and distractors).
+        claim: The facts under test (controls are drawn from these first).
+        templates: The template library.
+        seed: Seed of every random choice (distractor sampling, control order, option order).
+    """
+
+    facts: FactSet
+    claim: FactSet
+    templates: Templates
+    seed: int = 0
+
+    def rng(self, *key: str) -> random.Random:
+        """A random generator determined by the seed and ``key``."""
+        digest = hashlib.sha256("|".join((str(self.seed), *key)).encode()).hexdigest()
+        return random.Random(digest)
+
+    def distractors(self, fact: Fact) -> tuple[str, ...]:
+        """The fact's own distractors, else objects of the same relation sampled with the seed."""
+        if fact.distractors:
+            return fact.distractors
+        pool = [o for o in self.facts.objects_of(fact.relation) if o != fact.object]
+        return tuple(self.rng("distractors", fact.id).sample(pool, min(N_DISTRACTORS, len(pool))))
+
+    @cached_property
+    def n_controls(self) -> int:
+        """Least control subjects per fact: the claim's pooled chance level must be fine-grained.
+
+        The claim's facts share one pool of chance statistics (controls × options per fact), so
+        a large claim needs few controls per fact and a single fact needs many.
+        """
+        return min(MAX_CONTROLS, max(MIN_CONTROLS, math.ceil(CONTROL_SUBJECTS / len(self.claim))))
+
+    def controls(self, fact: Fact) -> tuple[str, ...]:
+        """The fact's control subjects: the same for every probe of the fact.
+
+        First, up to `MAX_CLAIM_CONTROLS` (or `n_controls` if more), the other subjects of the
+        claim whose answer to the fact's relation is one of the fact's distractors: under the
+        claim that the model forgot them all, they are as unknown to it as the fact's subject,
+        and where it still knows them its mass goes to their own answer, which each probe masks
+        (`Probe.control_answers`). Subjects whose answer is none of the options are never used:
+        a model that knows them makes a confident pick among options that are all wrong, which
+        is not chance. Then, up to `n_controls`, made-up names
+        that no fact mentions, recombined from the words of two subjects whose answers are
+        distractors (of the claim's subjects, then of any), then of any two subjects; their own
+        answers, masked like a subject's, are those of the subjects they borrow words from.
+        """
+        cached = self._controls.get(fact.id)
+        if cached is None:
+            cached = self._controls[fact.id] = self._choose_controls(fact)
+        return cached
+
+    def _choose_controls(self, fact: Fact) -> tuple[str, ...]:
+        distractors = set(self.distractors(fact))
+        chosen = [
+            s
+            for s in self._claim_subjects.get(fact.relation, ())
+            if s != fact.subject and self.object_of(s, fact.relation) in distractors
+        ]
+        self.rng("controls", fact.id).shuffle(chosen)
+        chosen = chosen[: max(MAX_CLAIM_CONTROLS, self.n_controls)]
+        taken = set(chosen)
+        claim_words, all_words = self._made_up_pools
+        maskable = {
+            s
+            for s in self._subjects.get(fact.relation, ())
+            if self.object_of(s, fact.relation) in distractors
+        }
+
+        def masked(pool: list[str]) -> list[str]:
+            return [name for name in pool if maskable.issuperset(self._borrowed[name])]
+
+        for pool in (masked(claim_words), masked(all_words), claim_words, all_words):
+            missing = self.n_controls - len(chosen)
+            if missing <= 0:
+                break
+            fresh = [name for name in pool if name not in taken]
+            picked = self.rng("made-up", fact.id).sample(fresh, min(missing, len(fresh)))
+            chosen += picked
+            taken.update(picked)
+        return tuple(chosen)
+
+    def control_answers(
+        self, controls: Sequence[str], answer_of: Callable[[str], str | None]
+    ) -> tuple[tuple[str, ...], ...]:
+        """Each control's own answers: ``answer_of`` of it, or of the subjects it borrows from."""
+        out = []
+        for control in controls:
+            sources = self._borrowed.get(control, (control,))
+            out.append(tuple(a for a in map(answer_of, sources) if a is not None))
+        return tuple(out)
+
+    def _made_up(self, words_from: FactSet) -> list[str]:
+        """Names of no known entity: one subject's first word with another's last words."""
+        names = sorted({f.subject for f in words_from if " " in f.subject})
+        firsts: dict[str, str] = {}
+        rests: dict[str, str] = {}
+        for name in names:
+            first, rest = name.split(" ", 1)
+            firsts.setdefault(first, name)
+            rests.setdefault(rest, name)
+        taken = self._taken_names
+        made = []
+        for first, a in firsts.items():
+            for rest, b in rests.items():
+                name = f"{first} {rest}"
+                if name not in taken:
+                    self._borrowed[name] = (a, b)
+                    made.append(name)
+        return made
+
+    @cached_property
+    def _made_up_pools(self) -> tuple[list[str], list[str]]:
+        return self._made_up(self.claim), self._made_up(self.facts)
+
+    @cached_property
+    def _borrowed(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    @cached_property
+    def _controls(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    @cached_property
+    def _taken_names(self) -> set[str]:
+        facts = self.facts
+        return (
+            {f.subject for f in facts}
+            | {a for f in facts for a in f.aliases}
+            | {f.object for f in facts}
+        )
+
+    def object_of(self, subject: str, relation: str) -> str | None:
+        """The object of (subject, relation) among the known facts, if any."""
+        return self._objects.get((subject, relation))
+
+    @cached_property
+    def _objects(self) -> dict[tuple[str, str], str]:
+        return {(f.subject, f.relation): f.object for f in self.facts}
+
+    @cached_property
+    def _subjects(self) -> dict[str, list[str]]:
+        return _subjects_by_relation(self.facts)
+
+    @cached_property
+    def _claim_subjects(self) -> dict[str, list[str]]:
+        return _subjects_by_relation(self.claim)
+
+
+def _subjects_by_relation(facts: FactSet) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = {}
+    for fact in facts:
+        out.setdefault(fact.relation, set()).add(fact.subject)
+    return {relation: sorted(subjects) for relation, subjects in out.items()}
