@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from unlearncheck import events, load_facts
-from unlearncheck.backends.hf import AnswerScore, HFModel
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.scoring import AnswerScore
 from unlearncheck.equivalence import (
     EquivalenceAssertionError,
     EquivalenceVerdict,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from unlearncheck.backends import hf
+from unlearncheck.backends import hf_loading
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.specs import ModelSpecError, resolve_spec
 
@@ -208,8 +208,8 @@ def test_trust_remote_code_defaults_false(
             seen.append(kwargs["trust_remote_code"])
             return self.real.from_pretrained(path, **kwargs)
 
-    monkeypatch.setattr(hf, "AutoModelForCausalLM", Spy(AutoModelForCausalLM))
-    monkeypatch.setattr(hf, "AutoTokenizer", Spy(AutoTokenizer))
+    monkeypatch.setattr(hf_loading, "AutoModelForCausalLM", Spy(AutoModelForCausalLM))
+    monkeypatch.setattr(hf_loading, "AutoTokenizer", Spy(AutoTokenizer))
     HFModel.load(str(tiny_checkpoint), device="cpu")
     assert seen == [False, False]
 

@@ -179,7 +179,7 @@ class _FixedScores:
         self.scores = scores
 
     def score_answers(self, requests, *, batch_size=1):  # type: ignore[no-untyped-def]
-        from unlearncheck.backends.hf import AnswerScore
+        from unlearncheck.backends.scoring import AnswerScore
 
         return [AnswerScore(*self.scores[answer.strip()], False) for _, answer in requests]
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from unlearncheck import judge
-from unlearncheck.backends.hf import AnswerScore, HFModel
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.scoring import AnswerScore
 from unlearncheck.score_cache import ScoreCache
 
 WORDS = (

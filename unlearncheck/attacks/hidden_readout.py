@@ -26,7 +26,8 @@ from unlearncheck.attacks.input import (
 )
 from unlearncheck.attacks.model import with_weights
 from unlearncheck.backends.capabilities import Capability, ScoringModel
-from unlearncheck.backends.hf import AnswerScore, HFModel
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.scoring import AnswerScore
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Probe
 

@@ -1,39 +1,28 @@
-"""Hugging Face transformers backend: load a causal LM from a spec and score, sample, probe it."""
+"""Hugging Face transformers backend: score, sample and probe a causal LM loaded from a spec.
+
+Reading a checkpoint (config, tokenizer, dtype, weights, checks) is in
+`unlearncheck.backends.hf_loading`; `HFModel.load` is the entry point.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearncheck.backends.capabilities import CAPABILITIES, Capability
-from unlearncheck.specs import (
-    SPREAD,
-    ModelSpecError,
-    check_checkpoint,
-    resolve_device,
-    resolve_spec,
-)
+from unlearncheck.backends.hf_loading import load_checkpoint
+from unlearncheck.backends.scoring import AnswerScore, chunks
 
-__all__ = ["DTYPES", "AnswerScore", "HFModel", "chunks", "is_out_of_memory"]
+__all__ = ["HFModel", "is_out_of_memory"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _log = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
 
@@ -46,26 +35,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and (
         "out of memory" in text or "not enough memory" in text or "can't allocate" in text
     )
-
-
-@dataclass(frozen=True)
-class AnswerScore:
-    """How likely a model finds an answer given a prompt (teacher-forced).
-
-    Attributes:
-        logprob: Sum of log p(answer token | prompt, earlier answer tokens).
-        n_tokens: Number of answer tokens.
-        greedy_match: Whether the argmax prediction equals every answer token.
-    """
-
-    logprob: float
-    n_tokens: int
-    greedy_match: bool
-
-    @property
-    def mean_logprob(self) -> float:
-        """Per-token mean log-probability of the answer."""
-        return self.logprob / self.n_tokens
 
 
 class HFModel:
@@ -145,27 +114,15 @@ class HFModel:
                 does not fit its embedding.
             ValueError: If the device or the dtype is unknown.
         """
-        target = resolve_device(device)
-        torch_dtype = _torch_dtype(dtype, target)
-        path = resolve_spec(spec)
-        check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        config, tokenizer = _read_config_and_tokenizer(path, trust_remote_code)
-        _check_vocabulary(path, tokenizer, config)
-        model = _load_weights(
-            path,
-            config,
-            dtype=torch_dtype,
+        model, tokenizer, target, path = load_checkpoint(
+            spec,
             device=device,
+            dtype=dtype,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-        if device == SPREAD:
-            target = model.device  # where inputs go: the first layers' device
-        else:
-            # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
-            model = model.to(target)  # type: ignore[arg-type]
         loaded = cls(model, tokenizer, spec=spec, device=target)
-        loaded.source = Path(path)
+        loaded.source = path
         return loaded
 
     @classmethod
@@ -491,80 +448,3 @@ class HFModel:
             ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
-
-
-def _torch_dtype(dtype: str | None, target: torch.device) -> torch.dtype:
-    """The torch dtype named ``dtype``; bfloat16 on CUDA and float32 elsewhere when None.
-
-    Raises:
-        ValueError: If the dtype is unknown.
-    """
-    if dtype is None:
-        dtype = "bfloat16" if target.type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def _read_config_and_tokenizer(
-    path: Path, trust_remote_code: bool
-) -> tuple[PreTrainedConfig, PreTrainedTokenizerBase]:
-    """A checkpoint's config and tokenizer.
-
-    Raises:
-        ModelSpecError: If either cannot be read.
-    """
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
-    return config, tokenizer
-
-
-def _load_weights(
-    path: Path,
-    config: PreTrainedConfig,
-    *,
-    dtype: torch.dtype,
-    device: str | None,
-    allow_pickle: bool,
-    trust_remote_code: bool,
-) -> PreTrainedModel:
-    """A checkpoint's causal LM, on the CPU or, for device ``auto``, over all visible GPUs.
-
-    Raises:
-        ModelSpecError: If the weights cannot be read.
-        ValueError: If the device needs the accelerate package and it is missing.
-    """
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            path,
-            config=config,
-            use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code,
-            dtype=dtype,
-            device_map=SPREAD if device == SPREAD else None,
-        )
-    except (OSError, SafetensorError) as err:
-        raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
-    except ImportError as err:  # device_map without accelerate
-        raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
-
-
-def _check_vocabulary(
-    path: Path, tokenizer: PreTrainedTokenizerBase, config: PreTrainedConfig
-) -> None:
-    """Refuse a tokenizer whose ids run past the model's embedding (they would index out of it)."""
-    rows = getattr(config.get_text_config(), "vocab_size", None)
-    if rows is not None and len(tokenizer) > rows:
-        raise ModelSpecError(
-            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-            f"{rows} rows (config.json vocab_size): token ids from {rows} up would index past "
-            "it, so the tokenizer does not belong to this model"
-        )
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    """Consecutive slices of at most ``size`` items (the batches of every backend)."""
-    return (items[start : start + size] for start in range(0, len(items), size))

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import openai
 
 from unlearncheck.backends.capabilities import Capability
-from unlearncheck.backends.hf import AnswerScore, chunks
+from unlearncheck.backends.scoring import AnswerScore, chunks
 from unlearncheck.specs import ENDPOINT_PREFIX, ModelSpecError
 
 __all__ = [

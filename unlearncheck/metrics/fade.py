@@ -30,7 +30,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from unlearncheck.backends.capabilities import GeneratingModel
-from unlearncheck.backends.hf import AnswerScore, HFModel
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.backends.scoring import AnswerScore
 from unlearncheck.untrusted import quoted
 from unlearncheck.verdict import TERMINAL_CHARS
 

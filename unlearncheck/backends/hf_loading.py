@@ -1,0 +1,148 @@
+"""Read a Hugging Face checkpoint for `unlearncheck.backends.hf.HFModel.load`.
+
+Everything is checked before a weight is read: the device, the dtype, the checkpoint
+(`unlearncheck.specs.check_checkpoint`) and that the tokenizer fits the embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from unlearncheck.specs import (
+    SPREAD,
+    ModelSpecError,
+    check_checkpoint,
+    resolve_device,
+    resolve_spec,
+)
+
+__all__ = ["load_checkpoint"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_checkpoint(
+    spec: str,
+    *,
+    device: str | None,
+    dtype: str | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device, Path]:
+    """Load the model and tokenizer of a spec, as `unlearncheck.backends.hf.HFModel.load` does.
+
+    The arguments are those of `HFModel.load`.
+
+    Returns:
+        The model (on its device, or spread over the GPUs for device ``auto``), its tokenizer,
+        the device its inputs go to, and the checkpoint directory.
+
+    Raises:
+        ModelSpecError: If the spec resolves to no local checkpoint, the checkpoint is refused,
+            or its config, tokenizer or weights cannot be read, or its tokenizer does not fit
+            its embedding.
+        ValueError: If the device or the dtype is unknown.
+    """
+    target = resolve_device(device)
+    torch_dtype = _torch_dtype(dtype, target)
+    path = resolve_spec(spec)
+    check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    config, tokenizer = _read_config_and_tokenizer(path, trust_remote_code)
+    _check_vocabulary(path, tokenizer, config)
+    model = _load_weights(
+        path,
+        config,
+        dtype=torch_dtype,
+        device=device,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    if device == SPREAD:
+        target = model.device  # where inputs go: the first layers' device
+    else:
+        # PreTrainedModel.to is @wraps(nn.Module.to), which mypy mis-binds.
+        model = model.to(target)  # type: ignore[arg-type]
+    return model, tokenizer, target, Path(path)
+
+
+def _torch_dtype(dtype: str | None, target: torch.device) -> torch.dtype:
+    """The torch dtype named ``dtype``; bfloat16 on CUDA and float32 elsewhere when None.
+
+    Raises:
+        ValueError: If the dtype is unknown.
+    """
+    if dtype is None:
+        dtype = "bfloat16" if target.type == "cuda" else "float32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _read_config_and_tokenizer(
+    path: Path, trust_remote_code: bool
+) -> tuple[PreTrainedConfig, PreTrainedTokenizerBase]:
+    """A checkpoint's config and tokenizer.
+
+    Raises:
+        ModelSpecError: If either cannot be read.
+    """
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
+    return config, tokenizer
+
+
+def _load_weights(
+    path: Path,
+    config: PreTrainedConfig,
+    *,
+    dtype: torch.dtype,
+    device: str | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+) -> PreTrainedModel:
+    """A checkpoint's causal LM, on the CPU or, for device ``auto``, over all visible GPUs.
+
+    Raises:
+        ModelSpecError: If the weights cannot be read.
+        ValueError: If the device needs the accelerate package and it is missing.
+    """
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device_map=SPREAD if device == SPREAD else None,
+        )
+    except (OSError, SafetensorError) as err:
+        raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
+    except ImportError as err:  # device_map without accelerate
+        raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
+
+
+def _check_vocabulary(
+    path: Path, tokenizer: PreTrainedTokenizerBase, config: PreTrainedConfig
+) -> None:
+    """Refuse a tokenizer whose ids run past the model's embedding (they would index out of it)."""
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ModelSpecError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"{rows} rows (config.json vocab_size): token ids from {rows} up would index past "
+            "it, so the tokenizer does not belong to this model"
+        )
