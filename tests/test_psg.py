@@ -11,13 +11,8 @@ import pytest
 
 from unlearncheck import assert_forgotten
 from unlearncheck.attacks import ProbeContext, direct, psg
-from unlearncheck.attacks.psg import (
-    PSGAttack,
-    forget_item,
-    normalized_forgetting,
-    select_surrogates,
-    sentence_model,
-)
+from unlearncheck.attacks.psg import PSGAttack, normalized_forgetting
+from unlearncheck.attacks.psg_surrogates import forget_item, select_surrogates, sentence_model
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Templates
 from unlearncheck.report import render_report
