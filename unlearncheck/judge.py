@@ -3,13 +3,13 @@
 Readout: the normalized answer probability p̂ = p(answer) / Σ p(option) over the answer and its
 distractors, with p = exp(mean log-probability of the option's tokens | prompt).
 
-Calibration (ARCHITECTURE.md): a probe's *delta* is how far p̂ on the model exceeds a baseline:
+Calibration (docs/architecture.md): a probe's *delta* is how far p̂ on the model exceeds a baseline:
 the reference model's p̂ on the same prompt when a reference is given, else the answer's mean p̂
 on control prompts (the prompt about subjects the model cannot know or is claimed to have
 forgotten), i.e. chance as the model itself sets it.
 
-Significance treats the probes of one fact as one cluster (METHODS.md): a model that does not know
-a subject still makes a guess, and makes the same guess on every phrasing, so the probes of one
+Significance treats the probes of one fact as one cluster (docs/methods.md): a model that does not
+know a subject still makes a guess, and makes the same guess on every phrasing, so the probes of one
 fact are not independent trials. The fact's statistic is the mean delta of its probes; its chance
 distribution is the same statistic computed for every (control subject, option) of every fact of
 the claim that ask the same relation, as if that control were the subject and that option the

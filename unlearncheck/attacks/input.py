@@ -1,4 +1,4 @@
-"""Input attacks: each derives new probes for a fact (METHODS.md, "Input attacks").
+"""Input attacks: each derives new probes for a fact (docs/methods.md, "Input attacks").
 
 Every probe carries controls: the same prompt about other subjects for which the answer is not the
 truth. They calibrate what the model would say without knowing the fact (its prior over the

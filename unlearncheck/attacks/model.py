@@ -1,4 +1,4 @@
-"""Model attacks: change the model, then ask again (METHODS.md, "Model attacks").
+"""Model attacks: change the model, then ask again (docs/methods.md, "Model attacks").
 
 A model attack derives a variant of the model under test (quantized, or fine-tuned on the
 attacker's slice of the forget set) and runs input attacks on it. The same derivation is applied to
@@ -280,7 +280,7 @@ def make_relearn(
     """A relearning attack: fine-tune on the attacker's slice, judge the *other* forget facts.
 
     Args:
-        steps: Optimizer steps (METHODS.md: 10–100).
+        steps: Optimizer steps (docs/methods.md: 10–100).
         lr: AdamW learning rate (the organism needs ~1e-3; large models ~1e-5).
         batch_size: Documents per step.
         seed: Seed of the batch sampling.

@@ -1,4 +1,4 @@
-"""Proximal Surrogate Generation, the ``psg`` attack (METHODS.md, "Input attacks").
+"""Proximal Surrogate Generation, the ``psg`` attack (docs/methods.md, "Input attacks").
 
 Unlearning that only suppresses the wording it was trained on leaves the fact reachable through
 other wordings. For each forget item x (the fact's question, as a forget set states it) psg writes

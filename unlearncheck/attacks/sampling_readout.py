@@ -105,8 +105,8 @@ class SamplingAttack:
         max_new_tokens: Length of each sample.
         inputs: Input attacks whose probes are sampled.
         rouge_threshold: When set, a sample also states an answer when its ROUGE-L recall of the
-            answer reaches this (METHODS.md; for answers of several words that a sample may state
-            in part); otherwise only a whole-word match counts.
+            answer reaches this (docs/methods.md; for answers of several words that a sample may
+            state in part); otherwise only a whole-word match counts.
     """
 
     name: str = "sampling"
