@@ -10,7 +10,7 @@ from typing import Any
 
 from unlearncheck.probes import Probe
 from unlearncheck.report import render_report
-from unlearncheck.report.render import outcome_status
+from unlearncheck.report.view import outcome_status
 from unlearncheck.runlog import RunLog
 from unlearncheck.verdict import AttackOutcome, FactVerdict, ProbeResult, Verdict
 
