@@ -59,7 +59,7 @@ def assert_located(error: FactFormatError, path: Path, line: int, field: str | N
 def test_round_trip_through_jsonl(tmp_path: Path, facts: FactSet) -> None:
     path = tmp_path / "out.jsonl"
     facts.to_jsonl(path)
-    loaded = FactSet.load(path)
+    loaded = load_facts(path)
     assert list(loaded) == list(facts)
     assert loaded["varo-melin/birth_city"].metadata == {"source": "synthetic", "difficulty": 2}
     assert list(load_facts(str(path))) == list(facts)

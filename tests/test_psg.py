@@ -13,7 +13,7 @@ from unlearncheck import assert_forgotten
 from unlearncheck.attacks import ProbeContext, direct, psg
 from unlearncheck.attacks.psg import PSGAttack, normalized_forgetting
 from unlearncheck.attacks.psg_surrogates import forget_item, select_surrogates, sentence_model
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.facts import Fact, FactSet, load_facts
 from unlearncheck.probes import Templates
 from unlearncheck.report import render_report
 from unlearncheck.runlog import read_runlog
@@ -126,7 +126,7 @@ def test_bad_settings_are_refused(bad: dict[str, object]) -> None:
 
 @pytest.fixture(scope="module")
 def zoo_facts(zoo: Path) -> FactSet:
-    return FactSet.load(zoo / "facts.jsonl")
+    return load_facts(zoo / "facts.jsonl")
 
 
 def _claim_gap(verdict: Verdict) -> float:

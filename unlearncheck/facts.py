@@ -165,11 +165,6 @@ class FactSet(Sequence[Fact]):
             if fact.source is None:
                 object.__setattr__(fact, "source", self)
 
-    @classmethod
-    def load(cls, path: str | Path) -> FactSet:
-        """Reads a JSONL file of facts; see :func:`load_facts`."""
-        return load_facts(path)
-
     def to_jsonl(self, path: str | Path) -> None:
         """Writes the facts to ``path``, one JSON object per line, in UTF-8."""
         with Path(path).open("w", encoding="utf-8") as handle:
