@@ -21,8 +21,8 @@ from unlearncheck.metrics.fade import (
     DEFAULT_N,
     EVIDENCE,
     FadeResult,
+    SamplePool,
     SamplingModel,
-    _Pool,
 )
 from unlearncheck.pipeline import finish, load_models, open_log
 from unlearncheck.probes import Templates, question_of
@@ -186,7 +186,7 @@ def assert_equivalent(
     """
     prompts = as_prompts(prompts_or_facts, templates)
     models = load_models(model, reference, original, device)
-    pool = _Pool(
+    pool = SamplePool(
         prompts,
         n=n,
         max_new_tokens=max_new_tokens,
@@ -239,7 +239,7 @@ def _samplers(models: ClaimModels) -> tuple[SamplingModel, SamplingModel, Sampli
 
 
 def _fades(
-    pool: _Pool, samplers: tuple[SamplingModel, SamplingModel, SamplingModel | None], seed: int
+    pool: SamplePool, samplers: tuple[SamplingModel, SamplingModel, SamplingModel | None], seed: int
 ) -> tuple[FadeResult, FadeResult, FadeResult | None]:
     """FADE(model, reference), the noise floor FADE(reference, reference′) and, with an
     original, FADE(original, reference); the reference's samples at ``seed`` serve all three."""

@@ -41,6 +41,7 @@ __all__ = [
     "EVIDENCE",
     "FadeResult",
     "FadeSample",
+    "SamplePool",
     "SamplingModel",
     "f1",
     "fade",
@@ -150,12 +151,24 @@ def f1(precision: float, recall: float) -> float:
     return 0.0 if total == 0 else 2 * precision * recall / total
 
 
-class _Pool:
+class SamplePool:
     """Samples and their log-probabilities on fixed prompts, each drawn and scored once.
 
-    Samples are keyed by (generating model, seed), scores by (scoring model, generating model,
-    seed), both by object identity: a model scored against itself reuses one pass, so its r is
-    exactly 0.
+    Shared by `fade` and `unlearncheck.equivalence`. Samples are keyed by (generating model,
+    seed), scores by (scoring model, generating model, seed), both by object identity: a model
+    scored against itself reuses one pass, so its r is exactly 0.
+
+    Args:
+        prompts: The prompts sampled from (at least one).
+        n: Samples per prompt (at least 1).
+        max_new_tokens: Maximum sample length in tokens.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass.
+        length_normalized: Score a sample by its mean per-token log-probability instead of its
+            total.
+
+    Raises:
+        ValueError: If there is no prompt or ``n`` is below 1.
     """
 
     def __init__(
@@ -325,7 +338,7 @@ def fade(
     Raises:
         ValueError: No prompts, ``n`` < 1, or two HF models with different vocabularies.
     """
-    pool = _Pool(
+    pool = SamplePool(
         prompts,
         n=n,
         max_new_tokens=max_new_tokens,
