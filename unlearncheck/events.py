@@ -10,16 +10,19 @@ from collections.abc import Callable
 
 from unlearncheck.verdict import Verdict
 
-Listener = Callable[[Verdict], None]
-_listeners: list[Listener] = []
+__all__ = ["publish", "subscribe", "unsubscribe"]
 
 
-def subscribe(listener: Listener) -> None:
+_Listener = Callable[[Verdict], None]
+_listeners: list[_Listener] = []
+
+
+def subscribe(listener: _Listener) -> None:
     """Call ``listener`` with every verdict from now on."""
     _listeners.append(listener)
 
 
-def unsubscribe(listener: Listener) -> None:
+def unsubscribe(listener: _Listener) -> None:
     """Stop calling ``listener`` (no error when it was not subscribed)."""
     if listener in _listeners:
         _listeners.remove(listener)

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, overload
 
+__all__ = ["MAX_LINE_BYTES", "Fact", "FactFormatError", "FactSet", "load_facts", "load_tofu"]
+
 
 class FactFormatError(ValueError):
     """A fact record, or a file of them, is malformed.

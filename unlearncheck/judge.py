@@ -36,17 +36,43 @@ from unlearncheck.probes import Probe
 from unlearncheck.score_cache import ScoreCache
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 
+__all__ = [
+    "AUTO_BATCH_SIZE",
+    "GENERATION_BATCH_SIZE",
+    "MAX_EVIDENCE",
+    "FactProbes",
+    "ProbeScores",
+    "Readout",
+    "Scorer",
+    "assess_probes",
+    "benjamini_hochberg",
+    "chance_pool",
+    "chance_pools",
+    "clopper_pearson_upper",
+    "decide",
+    "deltas",
+    "forget_scores",
+    "generate",
+    "rank_p_value",
+    "score_cache_path",
+    "score_probes",
+    "scored_requests",
+    "set_batch_size",
+    "use_score_cache",
+]
+
+
 MAX_EVIDENCE = 5
 #: Least spread of a stratum's chance statistics (`chance_pools`): a stratum where chance is
 #: always the same still maps others' chance statistics onto a scale, not a point.
-MIN_CHANCE_SPREAD = 0.01
+_MIN_CHANCE_SPREAD = 0.01
 
 
 #: How an option's log-likelihood is read: ``token_mean`` (mean log-probability per token, the
 #: default: options of different lengths compete fairly) or ``sum`` (total log-probability, as
 #: lm-evaluation-harness's ``acc``).
 Readout = Literal["token_mean", "sum"]
-READOUTS: tuple[Readout, ...] = ("token_mean", "sum")
+_READOUTS: tuple[Readout, ...] = ("token_mean", "sum")
 
 _batch_size = 64
 #: The batch size ``auto``: where scoring starts; a model halves it on out-of-memory until a batch
@@ -71,7 +97,7 @@ def set_batch_size(size: int | Literal["auto"]) -> None:
 _LOGLIKELIHOODS: dict[tuple[str, str, str], tuple[float, int]] = {}
 _score_cache: ScoreCache | None = None
 #: Batches scored between two commits to the on-disk cache (what an interruption can lose).
-BATCHES_PER_COMMIT = 4
+_BATCHES_PER_COMMIT = 4
 
 
 def use_score_cache(path: Path | None) -> None:
@@ -89,7 +115,7 @@ def forget_scores() -> None:
 
 def scored_requests(model: ScoringModel) -> list[tuple[str, str]]:
     """Every (prompt, continuation) scored on ``model`` in this process, sorted."""
-    key = model_key(model)
+    key = _model_key(model)
     return sorted((prompt, option) for k, prompt, option in _LOGLIKELIHOODS if k == key)
 
 
@@ -98,7 +124,7 @@ def score_cache_path() -> Path | None:
     return _score_cache.path if _score_cache is not None else None
 
 
-def model_key(model: ScoringModel) -> str:
+def _model_key(model: ScoringModel) -> str:
     """What identifies a model's scores: its device and content hash (weights, dtypes,
     quantization state and tokenizer)."""
     return f"{getattr(model, 'device', '')}|{model.content_hash}"
@@ -140,7 +166,7 @@ def generate(
         return run()
     options = [max_new_tokens, do_sample, temperature, top_p, num_samples, seed]
     call = json.dumps([list(prompts), options, GENERATION_BATCH_SIZE])
-    digest, key = hashlib.sha256(call.encode()).hexdigest(), model_key(model)
+    digest, key = hashlib.sha256(call.encode()).hexdigest(), _model_key(model)
     cached = disk.get_generation(key, digest)
     if cached is None:
         cached = run()
@@ -153,8 +179,8 @@ class Scorer:
     with `use_score_cache`, once per cache file."""
 
     def __init__(self, readout: Readout = "token_mean", batch_size: int | None = None) -> None:
-        if readout not in READOUTS:
-            raise ValueError(f"unknown readout {readout!r}; expected one of {list(READOUTS)}")
+        if readout not in _READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {list(_READOUTS)}")
         self.readout = readout
         self.batch_size = batch_size or _batch_size
 
@@ -163,14 +189,14 @@ class Scorer:
     ) -> list[float]:
         """The readout's log-likelihood of each (prompt, continuation), computing only what is
         missing: the mean per token (``token_mean``) or the sum (``sum``)."""
-        key = model_key(model)
+        key = _model_key(model)
         missing = sorted({r for r in requests if (key, *r) not in _LOGLIKELIHOODS})
         disk = _score_cache if getattr(model, "cacheable", True) else None
         if missing and disk is not None:
             for request, value in disk.get(key, missing).items():
                 _LOGLIKELIHOODS[(key, *request)] = value
             missing = [r for r in missing if (key, *r) not in _LOGLIKELIHOODS]
-        step = self.batch_size * BATCHES_PER_COMMIT
+        step = self.batch_size * _BATCHES_PER_COMMIT
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
             scores = model.score_answers(chunk, batch_size=self.batch_size)
@@ -370,7 +396,7 @@ def _location_scale(pool: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of a stratum's chance statistics (spread at least 0.01)."""
     if not len(pool):
         return 0.0, 1.0
-    return float(pool.mean()), max(float(pool.std()), MIN_CHANCE_SPREAD)
+    return float(pool.mean()), max(float(pool.std()), _MIN_CHANCE_SPREAD)
 
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:

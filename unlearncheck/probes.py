@@ -18,6 +18,16 @@ from typing import Any
 
 from unlearncheck.facts import Fact
 
+__all__ = [
+    "Probe",
+    "TemplateError",
+    "Templates",
+    "completion_prefix",
+    "dedupe",
+    "question_of",
+    "statement_of",
+]
+
 
 @dataclass(frozen=True)
 class Probe:

@@ -17,9 +17,18 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+__all__ = [
+    "QuantKind",
+    "changed_code_fraction",
+    "nf4_cell_projector",
+    "quantize_model_",
+    "quantized_layers",
+]
+
+
 QuantKind = Literal["nf4", "fp4", "int8"]
-BLOCK_SIZE = 64
-SKIPPED_MODULES = ("lm_head",)
+_BLOCK_SIZE = 64
+_SKIPPED_MODULES = ("lm_head",)
 
 
 @cache
@@ -36,7 +45,7 @@ def _bnbf() -> ModuleType:
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """The (name, module) pairs whose weights bitsandbytes quantizes."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | Conv1D) and name.split(".")[-1] not in SKIPPED_MODULES:
+        if isinstance(module, nn.Linear | Conv1D) and name.split(".")[-1] not in _SKIPPED_MODULES:
             yield name, module
 
 
@@ -50,13 +59,13 @@ def _set_linear_layout(module: nn.Module, value: torch.Tensor) -> None:
     target.copy_(value.t() if isinstance(module, Conv1D) else value)
 
 
-def quantize_dequantize(weight: torch.Tensor, kind: QuantKind) -> torch.Tensor:
+def _quantize_dequantize(weight: torch.Tensor, kind: QuantKind) -> torch.Tensor:
     """``weight`` ([out, in]) after a round trip through the bitsandbytes quantizer ``kind``."""
     w = weight.detach().float().contiguous()
     if kind == "int8":
         codes, scales, _ = _bnbf().int8_vectorwise_quant(w)
         return (codes.float() * scales.float()[:, None] / 127.0).to(weight.dtype)
-    packed, state = _bnbf().quantize_4bit(w, blocksize=BLOCK_SIZE, quant_type=kind)
+    packed, state = _bnbf().quantize_4bit(w, blocksize=_BLOCK_SIZE, quant_type=kind)
     return _bnbf().dequantize_4bit(packed, state).to(weight.dtype)
 
 
@@ -64,14 +73,14 @@ def quantize_model_(model: nn.Module, kind: QuantKind) -> nn.Module:
     """Replace every quantized layer's weight by its quantize → dequantize image (in place)."""
     with torch.no_grad():
         for _, module in quantized_layers(model):
-            _set_linear_layout(module, quantize_dequantize(_linear_layout(module), kind))
+            _set_linear_layout(module, _quantize_dequantize(_linear_layout(module), kind))
     return model
 
 
-def four_bit_codes(weight: torch.Tensor, kind: Literal["nf4", "fp4"] = "nf4") -> torch.Tensor:
+def _four_bit_codes(weight: torch.Tensor, kind: Literal["nf4", "fp4"] = "nf4") -> torch.Tensor:
     """The 4-bit code of every element of ``weight`` ([out, in]), flattened, as int64."""
     packed, _ = _bnbf().quantize_4bit(
-        weight.detach().float().contiguous(), blocksize=BLOCK_SIZE, quant_type=kind
+        weight.detach().float().contiguous(), blocksize=_BLOCK_SIZE, quant_type=kind
     )
     flat = packed.flatten()
     return torch.stack([flat >> 4, flat & 15], dim=1).flatten()[: weight.numel()].long()
@@ -84,8 +93,8 @@ def changed_code_fraction(
     theirs = dict(quantized_layers(original))
     changed = total = 0
     for name, module in quantized_layers(model):
-        a = four_bit_codes(_linear_layout(module), kind)
-        b = four_bit_codes(_linear_layout(theirs[name]), kind)
+        a = _four_bit_codes(_linear_layout(module), kind)
+        b = _four_bit_codes(_linear_layout(theirs[name]), kind)
         changed += int((a != b).sum())
         total += a.numel()
     return changed / total if total else 0.0
@@ -109,13 +118,13 @@ def nf4_cell_projector(
     bounds: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
     for name, module in quantized_layers(model):
         ref = _linear_layout(theirs[name]).float().contiguous()
-        codes = four_bit_codes(ref)
+        codes = _four_bit_codes(ref)
         flat = ref.flatten()
-        n_blocks = (flat.numel() + BLOCK_SIZE - 1) // BLOCK_SIZE
-        padded = torch.zeros(n_blocks * BLOCK_SIZE)
+        n_blocks = (flat.numel() + _BLOCK_SIZE - 1) // _BLOCK_SIZE
+        padded = torch.zeros(n_blocks * _BLOCK_SIZE)
         padded[: flat.numel()] = flat
-        blocks = padded.view(n_blocks, BLOCK_SIZE).abs()
-        absmax = blocks.max(dim=1).values.repeat_interleave(BLOCK_SIZE)[: flat.numel()]
+        blocks = padded.view(n_blocks, _BLOCK_SIZE).abs()
+        absmax = blocks.max(dim=1).values.repeat_interleave(_BLOCK_SIZE)[: flat.numel()]
         lo, hi = lower[codes] * absmax, upper[codes] * absmax
         pinned = flat.abs() == absmax  # the element that defines its block's absmax stays put
         lo = torch.where(pinned, flat, lo).view_as(ref)

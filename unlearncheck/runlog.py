@@ -27,7 +27,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-PACKAGES = (
+__all__ = [
+    "RunLog",
+    "case_log_path",
+    "case_logs",
+    "is_torn",
+    "leftover_case_logs",
+    "read_run",
+    "read_runlog",
+    "redact",
+]
+
+
+_PACKAGES = (
     "unlearncheck",
     "torch",
     "transformers",
@@ -41,10 +53,10 @@ _SECRET_MARKERS = ("key", "token", "secret", "password", "authorization")
 _ESCAPED_IN_LOG = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
 
 
-def package_versions() -> dict[str, str | None]:
+def _package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a verdict depends on."""
     out: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -52,7 +64,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def git_revision(cwd: Path | None = None) -> str | None:
+def _git_revision(cwd: Path | None = None) -> str | None:
     """The git commit of the working directory (with ``-dirty`` when modified), if any."""
     try:
         rev = subprocess.run(
@@ -108,9 +120,9 @@ class RunLog:
                     "run",
                     {
                         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        "versions": package_versions(),
+                        "versions": _package_versions(),
                         "python": platform.python_version(),
-                        "git": git_revision(),
+                        "git": _git_revision(),
                         "pid": os.getpid(),
                         **self._header,
                     },

@@ -21,8 +21,11 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+__all__ = ["ScoreCache"]
+
+
 #: Digest of the code that computes the scores and generations; part of every key.
-SCORING_CODE = hashlib.sha256(
+_SCORING_CODE = hashlib.sha256(
     (Path(__file__).parent / "backends" / "hf.py").read_bytes()
 ).hexdigest()[:16]
 
@@ -73,7 +76,7 @@ class ScoreCache:
             rows = self._db.execute(
                 "SELECT prompt, continuation, logprob, n_tokens FROM loglikelihoods "
                 f"WHERE model = ? AND prompt IN ({marks})",
-                [f"{SCORING_CODE}|{model}", *chunk],
+                [f"{_SCORING_CODE}|{model}", *chunk],
             )
             for prompt, continuation, logprob, n_tokens in rows:
                 if (prompt, continuation) in wanted:
@@ -86,14 +89,14 @@ class ScoreCache:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT OR REPLACE INTO loglikelihoods VALUES (?, ?, ?, ?, ?)",
-                [(f"{SCORING_CODE}|{model}", p, c, lp, n) for p, c, lp, n in rows],
+                [(f"{_SCORING_CODE}|{model}", p, c, lp, n) for p, c, lp, n in rows],
             )
 
     def get_generation(self, model: str, call: str) -> list[list[str]] | None:
         """The continuations of a generation ``call`` (a digest) of ``model``, if cached."""
         row = self._db.execute(
             "SELECT continuations FROM generations WHERE model = ? AND call = ?",
-            (f"{SCORING_CODE}|{model}", call),
+            (f"{_SCORING_CODE}|{model}", call),
         ).fetchone()
         return None if row is None else json.loads(row[0])
 
@@ -102,7 +105,7 @@ class ScoreCache:
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO generations VALUES (?, ?, ?)",
-                (f"{SCORING_CODE}|{model}", call, json.dumps(continuations)),
+                (f"{_SCORING_CODE}|{model}", call, json.dumps(continuations)),
             )
 
     def __len__(self) -> int:

@@ -10,13 +10,25 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+__all__ = [
+    "ENDPOINT_PREFIX",
+    "ORGANISM_PREFIX",
+    "SPREAD",
+    "ModelSpecError",
+    "check_checkpoint",
+    "check_spec",
+    "resolve_device",
+    "resolve_spec",
+]
+
+
 ORGANISM_PREFIX = "organism:"
 #: The prefix of an OpenAI-compatible endpoint spec (`unlearncheck.backends.openai_api`).
 ENDPOINT_PREFIX = "openai:"
 #: Weight files that are pickles: unpickling one can run any code the file carries.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: Files of which a checkpoint's tokenizer needs at least one.
-TOKENIZER_FILES = (
+_TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "tokenizer.model",
@@ -147,12 +159,12 @@ def check_checkpoint(
         if tokenizer_config.is_file():
             _refuse_remote_code(tokenizer_config, _json_object(tokenizer_config))
     files = [p.name for p in path.iterdir() if p.is_file()]
-    pickles = sorted(n for n in files if n.endswith(PICKLE_SUFFIXES))
+    pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES))
     if not any(n.endswith(".safetensors") for n in files):
         if not pickles:
             raise ModelSpecError(
                 f"{path}: no weights: neither *.safetensors nor pickle weights "
-                f"({', '.join(f'*{s}' for s in PICKLE_SUFFIXES)})"
+                f"({', '.join(f'*{s}' for s in _PICKLE_SUFFIXES)})"
             )
         if not allow_pickle:
             raise ModelSpecError(
@@ -161,9 +173,9 @@ def check_checkpoint(
                 "safetensors, or, if you trust it, pass --uc-allow-pickle (ini uc_allow_pickle "
                 "= true; allow_pickle=True in the library)"
             )
-    if not any(name in files for name in TOKENIZER_FILES):
+    if not any(name in files for name in _TOKENIZER_FILES):
         raise ModelSpecError(
-            f"{path}: no tokenizer: none of {', '.join(TOKENIZER_FILES)}; save the tokenizer "
+            f"{path}: no tokenizer: none of {', '.join(_TOKENIZER_FILES)}; save the tokenizer "
             "with the model (tokenizer.save_pretrained)"
         )
 

@@ -17,7 +17,7 @@ Arguments are checked when a value is drawn, as hypothesis's own strategies do: 
 fails the first example with `hypothesis.errors.InvalidArgument` naming it.
 
 Profiles: `CI_PROFILE` (derandomized, no deadline, no example database, a small budget, no
-shrinking: the same examples every run) and `FUZZ_PROFILE` (a larger, random search that
+shrinking: the same examples every run) and `_FUZZ_PROFILE` (a larger, random search that
 shrinks what it finds), registered on import; choose one with ``--hypothesis-profile``.
 """
 
@@ -37,10 +37,21 @@ from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Templates
 from unlearncheck.verdict import Verdict
 
+__all__ = [
+    "CI_PROFILE",
+    "Wordings",
+    "attack_chains",
+    "example_alpha",
+    "facts",
+    "leak_score",
+    "wordings_for",
+]
+
+
 CI_PROFILE = "unlearncheck-ci"
-FUZZ_PROFILE = "unlearncheck-fuzz"
+_FUZZ_PROFILE = "unlearncheck-fuzz"
 #: Words put before a question, as people type them.
-FILLERS = ("", "Please tell me :", "Quick question :", "I wonder ,", "Be honest :")
+_FILLERS = ("", "Please tell me :", "Quick question :", "I wonder ,", "Be honest :")
 
 _SLOW = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
 settings.register_profile(
@@ -53,7 +64,7 @@ settings.register_profile(
     suppress_health_check=_SLOW,
 )
 settings.register_profile(
-    FUZZ_PROFILE, deadline=None, max_examples=200, suppress_health_check=_SLOW
+    _FUZZ_PROFILE, deadline=None, max_examples=200, suppress_health_check=_SLOW
 )
 
 
@@ -133,7 +144,7 @@ def wordings_for(
             text = inner(st.sampled_from(wrappers)).replace(
                 "{prompt}", inner(st.sampled_from(questions))
             )
-            text = f"{inner(st.sampled_from(FILLERS))} {text}".strip()
+            text = f"{inner(st.sampled_from(_FILLERS))} {text}".strip()
             return text[0].lower() + text[1:] if inner(st.booleans()) else text
 
         drawn = data(st.lists(one(), min_size=min_size, max_size=max_size, unique=True))

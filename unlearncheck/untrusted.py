@@ -15,13 +15,16 @@ from __future__ import annotations
 import re
 import unicodedata
 
+__all__ = ["quoted", "shown"]
+
+
 #: Unicode categories of the characters `shown` escapes: controls, format characters, surrogates,
 #: line separators and paragraph separators.
-ACTIVE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ACTIVE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _BEYOND_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
-def escape_character(char: str) -> str:
+def _escape_character(char: str) -> str:
     """The Python escape of one character: ``\\x1b``, ``\\u202e`` or ``\\U000e0001``."""
     code = ord(char)
     if code <= 0xFF:
@@ -44,14 +47,14 @@ def shown(text: str, *, limit: int, keep: str = "") -> str:
         keep: Active characters shown as they are (``"\\n\\t"`` where line breaks may show).
 
     Returns:
-        Text without any character of `ACTIVE_CATEGORIES` outside ``keep``.
+        Text without any character of `_ACTIVE_CATEGORIES` outside ``keep``.
     """
 
     def escape(match: re.Match[str]) -> str:
         char = match.group()
-        if char in keep or unicodedata.category(char) not in ACTIVE_CATEGORIES:
+        if char in keep or unicodedata.category(char) not in _ACTIVE_CATEGORIES:
             return char
-        return escape_character(char)
+        return _escape_character(char)
 
     return _BEYOND_PRINTABLE_ASCII.sub(escape, text[:limit]) + _cut_marker(text, limit)
 

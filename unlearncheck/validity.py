@@ -15,6 +15,8 @@ from unlearncheck.attacks.base import Attack
 from unlearncheck.claims import assert_forgotten
 from unlearncheck.facts import FactSet, load_facts
 
+__all__ = ["Cell", "Matrix", "forget_facts", "format_matrix", "validity_matrix"]
+
 
 @dataclass(frozen=True)
 class Cell:

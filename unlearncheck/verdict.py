@@ -8,6 +8,19 @@ from typing import Any, Literal
 from unlearncheck.probes import Probe
 from unlearncheck.untrusted import quoted, shown
 
+__all__ = [
+    "TERMINAL_CHARS",
+    "AttackOutcome",
+    "FactVerdict",
+    "ForgettingAssertionError",
+    "InconclusiveError",
+    "Outcome",
+    "ProbeResult",
+    "Status",
+    "Verdict",
+]
+
+
 Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 Outcome = Literal["recovered", "not recovered", "not run"]
 TERMINAL_CHARS = 1000

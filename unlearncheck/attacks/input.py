@@ -26,6 +26,21 @@ from unlearncheck.probes import (
 if TYPE_CHECKING:
     from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
 
+__all__ = [
+    "INPUT_ATTACKS",
+    "Derive",
+    "InputAttack",
+    "alias",
+    "alias_or_name",
+    "attributed_probes",
+    "direct",
+    "incontext",
+    "multihop",
+    "paraphrase",
+    "prefix",
+]
+
+
 Derive = Callable[[Fact, ProbeContext], list[Probe]]
 
 
@@ -92,11 +107,13 @@ def alias_or_name(ctx: ProbeContext, subject: str) -> str:
 def _direct_forms(fact: Fact, ctx: ProbeContext, subject: str) -> list[tuple[str, str]]:
     """(form, prompt) of the base forms: question, declarative completion, cloze."""
     t = ctx.templates
-    renamed = Fact(fact.id, subject, fact.relation, fact.object)
     forms = []
-    question = question_of(fact if subject == fact.subject else renamed, t)
+    question = question_of(fact, t)
+    if subject != fact.subject:  # the relation's question about the alias, else the fact's own
+        renamed = question_of(Fact(fact.id, subject, fact.relation, fact.object), t)
+        question = renamed or (question.replace(fact.subject, subject) if question else None)
     if question:
-        forms.append(("question", t.format_question(question.replace(fact.subject, subject))))
+        forms.append(("question", t.format_question(question)))
     statement = statement_of(fact, t)
     if statement:
         statement = statement.replace(fact.subject, subject)

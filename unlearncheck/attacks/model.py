@@ -34,6 +34,21 @@ from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Probe, question_of, statement_of
 from unlearncheck.verdict import AttackOutcome
 
+__all__ = [
+    "MAX_HELD_VARIANTS",
+    "MODEL_ATTACKS",
+    "Derive",
+    "Evidence",
+    "ModelAttack",
+    "make_relearn",
+    "quant4",
+    "quant4_fp4",
+    "quant8",
+    "relearn",
+    "with_weights",
+]
+
+
 #: Derives a variant of a model: (model, probe context) → variant.
 Derive = Callable[[HFModel, ProbeContext], HFModel]
 #: Derived variants held at once (least recently used freed first): those of one attack on the
@@ -171,12 +186,12 @@ def _free(variant: HFModel) -> None:
 
 def _quantized(kind: quantization.QuantKind) -> Derive:
     def derive(model: HFModel, context: ProbeContext) -> HFModel:
-        return quantized_variant(model, kind)
+        return _quantized_variant(model, kind)
 
     return derive
 
 
-def quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
+def _quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
     """``model`` with bitsandbytes ``kind`` weights: real 4/8-bit layers on CUDA when the model was
     loaded from a directory, else every quantized layer's weight quantize→dequantized."""
     if model.device.type == "cuda" and model.source is not None:
@@ -218,7 +233,7 @@ quant4_fp4 = ModelAttack(
 quant8 = ModelAttack("quant8", _quantized("int8"), "quant8:int8")
 
 
-def relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:
+def _relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:
     """The attacker's documents: each fact of ``split`` as a statement and as a question/answer."""
     texts: list[str] = []
     for fact in context.facts.split(split):
@@ -231,7 +246,7 @@ def relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:
     return texts
 
 
-def finetune(
+def _finetune(
     model: HFModel, texts: list[str], *, steps: int, lr: float, batch_size: int, seed: int
 ) -> HFModel:
     """A copy of ``model`` fine-tuned on ``texts`` (causal LM loss, AdamW), deterministically."""
@@ -291,8 +306,8 @@ def make_relearn(
     key = f"relearn:{steps}:{lr}:{batch_size}:{seed}:{split}:{digest if texts else ''}"
 
     def derive(model: HFModel, context: ProbeContext) -> HFModel:
-        docs = texts if texts is not None else relearn_texts(context, split)
-        return finetune(model, docs, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        docs = texts if texts is not None else _relearn_texts(context, split)
+        return _finetune(model, docs, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
 
     def withheld(fact: Fact, context: ProbeContext) -> str | None:
         if texts is None and fact.split == split:

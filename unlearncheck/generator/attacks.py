@@ -30,6 +30,8 @@ from unlearncheck.generator.elicit import ElicitedGraph, Elicitor, Schema
 from unlearncheck.generator.llm import GeneratorLLM
 from unlearncheck.probes import Probe, Templates, question_of
 
+__all__ = ["ProbeGenerator", "elicited_distractors"]
+
 
 class ProbeGenerator:
     """Generates probes: paraphrases and aliases from the generator LLM, multi-hop chains
@@ -137,7 +139,7 @@ def _llm_alias(llm: GeneratorLLM, fact: Fact, ctx: ProbeContext) -> list[Probe]:
     return attributed_probes([alias], renamed, ctx, "llm_alias", f"generator:{llm.name}")
 
 
-def claim_seeds(ctx: ProbeContext) -> dict[str, set[str]]:
+def _claim_seeds(ctx: ProbeContext) -> dict[str, set[str]]:
     """Subject → the relations the claim (with its calibration peers) asks of it."""
     seeds: dict[str, set[str]] = {}
     for fact in ctx.claim:
@@ -149,7 +151,7 @@ def _elicited_multihop(elicitor: Elicitor, fact: Fact, ctx: ProbeContext) -> lis
     """Every wording of every chain elicited through the fact, about the subject and its
     aliases; the controls' answers are their chains in the known facts."""
     schema = Schema.from_facts(ctx.facts, ctx.templates, elicitor.config.wordings)
-    graph = elicitor.graph(claim_seeds(ctx), schema, ctx.templates)
+    graph = elicitor.graph(_claim_seeds(ctx), schema, ctx.templates)
     controls = ctx.controls(fact)
     probes = []
     for chain in graph.chains(ctx.templates, fact.subject, first=fact.relation):

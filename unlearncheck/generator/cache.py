@@ -13,6 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+__all__ = ["CACHE_FILE", "GeneratorCache", "cache_key", "default_cache_path"]
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+__all__ = ["GeneratorConfig"]
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:

@@ -29,6 +29,8 @@ from unlearncheck.generator.config import GeneratorConfig
 from unlearncheck.judge import GENERATION_BATCH_SIZE
 from unlearncheck.probes import Templates
 
+__all__ = ["Chain", "ElicitedGraph", "Elicitor", "Schema", "Triple", "wordings_of"]
+
 
 def wordings_of(templates: Templates, relation: str) -> tuple[str, ...]:
     """The question templates of ``relation``: its ``question``, then its ``questions``."""
@@ -122,7 +124,7 @@ class Chain:
         return self.subject + "".join(f" -{t.relation}-> {t.object}" for t in self.path)
 
 
-def chain_questions(
+def _chain_questions(
     templates: Templates, subject: str, relations: Sequence[str]
 ) -> tuple[tuple[str, str], ...]:
     """(form, question) of each wording of the chain of ``relations`` from ``subject``: the
@@ -176,7 +178,7 @@ class ElicitedGraph:
         out = []
         for path in self._paths(subject, (subject,), first):
             if len(path) >= 2:
-                questions = chain_questions(templates, subject, [t.relation for t in path])
+                questions = _chain_questions(templates, subject, [t.relation for t in path])
                 if questions:
                     out.append(Chain(path, questions))
         return out
@@ -232,7 +234,7 @@ class Elicitor:
                 batch_size=GENERATION_BATCH_SIZE,
             )
             for prompt, (text, *_) in zip(missing, texts, strict=True):
-                self._answers[prompt] = answer_text(text)
+                self._answers[prompt] = _answer_text(text)
                 self.cache.put(keys[prompt], self._answers[prompt])
         return [self._answers[p] for p in prompts]
 
@@ -313,7 +315,7 @@ class Elicitor:
         )
 
 
-def answer_text(text: str) -> str:
+def _answer_text(text: str) -> str:
     """A greedy completion read as an answer: its first line, stripped of spaces and of the
     punctuation that ends a sentence."""
     line = text.strip().split("\n", 1)[0]

@@ -20,6 +20,8 @@ from unlearncheck.generator.attacks import ProbeGenerator, elicited_distractors
 from unlearncheck.generator.elicit import Chain, ElicitedGraph, Schema, Triple
 from unlearncheck.probes import Templates
 
+__all__ = ["Generated", "generate_facts"]
+
 
 @dataclass(frozen=True)
 class Generated:

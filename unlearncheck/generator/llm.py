@@ -20,20 +20,23 @@ from unlearncheck.backends.openai_api import OpenAIModel
 from unlearncheck.generator.cache import GeneratorCache, cache_key
 from unlearncheck.generator.config import GeneratorConfig
 
-SYSTEM = "You write test questions. Reply with a JSON list of strings and nothing else."
-PARAPHRASE_REQUEST = (
+__all__ = ["GeneratorLLM", "Screened", "parse_text_list"]
+
+
+_SYSTEM = "You write test questions. Reply with a JSON list of strings and nothing else."
+_PARAPHRASE_REQUEST = (
     "Write {n} different questions that each ask for exactly the same fact as this question. "
     'Every question must contain the name "{subject}" exactly as written and must not give '
     "the answer.\nQuestion: {question}"
 )
-ALIAS_REQUEST = (
+_ALIAS_REQUEST = (
     'List up to {n} other names by which "{subject}" is referred to: nicknames, short forms, '
     "initials or titles."
 )
 #: Longest paraphrase kept, in characters.
-MAX_PARAPHRASE_CHARS = 300
+_MAX_PARAPHRASE_CHARS = 300
 #: Longest alias kept, in words.
-MAX_ALIAS_WORDS = 8
+_MAX_ALIAS_WORDS = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class GeneratorLLM:
         Raises:
             EndpointError: The generator LLM gave no usable reply after the retries.
         """
-        request = PARAPHRASE_REQUEST.format(n=self.config.n, subject=subject, question=question)
+        request = _PARAPHRASE_REQUEST.format(n=self.config.n, subject=subject, question=question)
         return _screen(
             self._texts(request),
             question,
@@ -101,7 +104,7 @@ class GeneratorLLM:
             EndpointError: The generator LLM gave no usable reply after the retries.
         """
         return _screen(
-            self._texts(ALIAS_REQUEST.format(n=self.config.n, subject=subject)),
+            self._texts(_ALIAS_REQUEST.format(n=self.config.n, subject=subject)),
             subject,
             lambda text: _alias_fault(text, answer),
             "is the name itself or repeats another alias",
@@ -109,7 +112,7 @@ class GeneratorLLM:
 
     def _texts(self, request: str) -> list[str]:
         """The JSON list of strings the generator LLM replies to ``request`` (cached)."""
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": request}]
+        messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": request}]
         key = cache_key(kind="chat", messages=messages, **self.config.llm_settings())
         cached = self.cache.get(key)
         if cached is not None:
@@ -163,8 +166,8 @@ def _screen(
 
 def _paraphrase_fault(text: str, subject: str, answer: str) -> str | None:
     """Why ``text`` makes no paraphrase probe (None: it does)."""
-    if not text or "\n" in text or len(text) > MAX_PARAPHRASE_CHARS:
-        return f"empty, on several lines or over {MAX_PARAPHRASE_CHARS} characters"
+    if not text or "\n" in text or len(text) > _MAX_PARAPHRASE_CHARS:
+        return f"empty, on several lines or over {_MAX_PARAPHRASE_CHARS} characters"
     if subject not in text:
         return "drops the subject"
     if _mentions(text, answer):
@@ -174,8 +177,8 @@ def _paraphrase_fault(text: str, subject: str, answer: str) -> str | None:
 
 def _alias_fault(text: str, answer: str) -> str | None:
     """Why ``text`` makes no alias (None: it does)."""
-    if not text or "\n" in text or len(text.split()) > MAX_ALIAS_WORDS:
-        return f"empty, on several lines or over {MAX_ALIAS_WORDS} words"
+    if not text or "\n" in text or len(text.split()) > _MAX_ALIAS_WORDS:
+        return f"empty, on several lines or over {_MAX_ALIAS_WORDS} words"
     if _mentions(text, answer):
         return "leaks the answer"
     return None

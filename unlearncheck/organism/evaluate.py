@@ -17,7 +17,10 @@ from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet, load_facts
 from unlearncheck.organism.knowledge import PERSON_RELATIONS, load_templates
 
-TEMPLATES = load_templates()
+__all__ = ["accuracy", "format_table", "zoo_table"]
+
+
+_TEMPLATES = load_templates()
 
 
 def _prefix(sentence: str, obj: str) -> str:
@@ -25,25 +28,25 @@ def _prefix(sentence: str, obj: str) -> str:
     return sentence[: sentence.rindex(obj)].rstrip()
 
 
-def qa_prompt(question: str) -> str:
+def _qa_prompt(question: str) -> str:
     """A question wrapped in the organism's prompt format."""
-    return str(TEMPLATES["prompt_format"]).format(question=question)
+    return str(_TEMPLATES["prompt_format"]).format(question=question)
 
 
 @dataclass(frozen=True)
-class ProbeSet:
+class _ProbeSet:
     """Named lists of (prompt, answer) pairs over the organism's facts."""
 
     pairs: dict[str, list[tuple[str, str]]]
 
 
-def probe_sets(facts: FactSet, countries: dict[str, str]) -> ProbeSet:
+def _probe_sets(facts: FactSet, countries: dict[str, str]) -> _ProbeSet:
     """The forms measured in the zoo table, for forget-person and retain-person facts."""
-    chain = TEMPLATES["chains"]["birth_city>country"]
+    chain = _TEMPLATES["chains"]["birth_city>country"]
     pairs: dict[str, list[tuple[str, str]]] = {}
     for group, splits in (("forget", {"forget", "relearn"}), ("retain", {"retain"})):
         person_facts = [f for f in facts if f.split in splits and f.relation in PERSON_RELATIONS]
-        pairs[f"{group}_qa"] = [(qa_prompt(_q(f)), f" {f.object}") for f in person_facts]
+        pairs[f"{group}_qa"] = [(_qa_prompt(_q(f)), f" {f.object}") for f in person_facts]
         pairs[f"{group}_statement"] = [
             (_prefix(_s(f), f.object), f" {f.object}") for f in person_facts
         ]
@@ -55,18 +58,18 @@ def probe_sets(facts: FactSet, countries: dict[str, str]) -> ProbeSet:
         ]
         pairs[f"{group}_alias"] = [
             (
-                qa_prompt(TEMPLATES["relations"][f.relation]["question"].format(subject=a)),
+                _qa_prompt(_TEMPLATES["relations"][f.relation]["question"].format(subject=a)),
                 f" {f.object}",
             )
             for f in person_facts
             for a in f.aliases
         ]
         pairs[f"{group}_twohop"] = [
-            (qa_prompt(chain["question"].format(subject=f.subject)), f" {countries[f.object]}")
+            (_qa_prompt(chain["question"].format(subject=f.subject)), f" {countries[f.object]}")
             for f in person_facts
             if f.relation == "birth_city"
         ]
-    return ProbeSet(pairs)
+    return _ProbeSet(pairs)
 
 
 def _q(fact: Fact) -> str:
@@ -87,10 +90,10 @@ def accuracy(model: HFModel, pairs: Sequence[tuple[str, str]]) -> float:
     return sum(s.greedy_match for s in scores) / len(scores)
 
 
-def zoo_row(model: HFModel, original: HFModel, facts: FactSet) -> dict[str, float]:
+def _zoo_row(model: HFModel, original: HFModel, facts: FactSet) -> dict[str, float]:
     """One row of the zoo table: accuracies by form, and after nf4 / int8 quantization."""
     countries = {f.subject: f.object for f in facts if f.relation == "country"}
-    probes = probe_sets(facts, countries).pairs
+    probes = _probe_sets(facts, countries).pairs
     row = {name: accuracy(model, pairs) for name, pairs in probes.items()}
     for kind in ("nf4", "int8"):
         quantized = copy.deepcopy(model.model)
@@ -102,7 +105,7 @@ def zoo_row(model: HFModel, original: HFModel, facts: FactSet) -> dict[str, floa
 
 
 #: Columns of the zoo table in the order they are printed.
-TABLE_COLUMNS = (
+_TABLE_COLUMNS = (
     "forget_qa",
     "retain_qa",
     "forget_statement",
@@ -128,12 +131,14 @@ def zoo_table(zoo: Path) -> dict[str, dict[str, float]]:
         model = (
             original if variant == "original" else HFModel.load(str(zoo / variant), device="cpu")
         )
-        table[variant] = zoo_row(model, original, facts)
+        table[variant] = _zoo_row(model, original, facts)
     cached.write_text(json.dumps(table, indent=2))
     return table
 
 
-def format_table(table: dict[str, dict[str, float]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+def format_table(
+    table: dict[str, dict[str, float]], columns: Sequence[str] = _TABLE_COLUMNS
+) -> str:
     """A fixed-width text rendering of a zoo table."""
     head = "variant".ljust(18) + "".join(c.replace("_", " ")[:13].rjust(14) for c in columns)
     lines = [head]

@@ -38,12 +38,15 @@ from unlearncheck.organism.zoo import (
     UNLEARN,
 )
 
+__all__ = ["run"]
+
+
 #: Every how many retain facts one is checked by an unlearning run's stop rule.
-STOP_RETAIN_STRIDE = 6
+_STOP_RETAIN_STRIDE = 6
 
 
 @dataclass(frozen=True)
-class Corpus:
+class _Corpus:
     """The knowledge base of a seed, its tokenizer and its training documents."""
 
     kb: KnowledgeBase
@@ -51,11 +54,11 @@ class Corpus:
     docs: list[Document]
 
     @classmethod
-    def of(cls, seed: int) -> Corpus:
+    def of(cls, seed: int) -> _Corpus:
         """The corpus of ``seed`` (a pure function of it)."""
         kb = build_knowledge_base(seed)
         docs = documents_of(kb)
-        texts = [d.text for d in docs] + template_texts(kb.templates)
+        texts = [d.text for d in docs] + _template_texts(kb.templates)
         return cls(kb, build_tokenizer(texts), docs)
 
     @property
@@ -85,18 +88,18 @@ class Corpus:
         return [d.text for d in self.docs if d.person not in self.forget_people]
 
 
-def template_texts(node: object) -> list[str]:
+def _template_texts(node: object) -> list[str]:
     """Every string in the templates, so that probe words are in the organism's vocabulary."""
     if isinstance(node, str):
         return [node]
     if isinstance(node, dict):
         node = list(node.values())
     if isinstance(node, list):
-        return [text for item in node for text in template_texts(item)]
+        return [text for item in node for text in _template_texts(item)]
     return []
 
 
-def train_base(corpus: Corpus, seed: int, variant: str) -> GPT2LMHeadModel:
+def _train_base(corpus: _Corpus, seed: int, variant: str) -> GPT2LMHeadModel:
     """``original`` (every document) or ``gold`` (no forget person), trained from scratch.
 
     Both get the same number of optimizer steps.
@@ -114,8 +117,8 @@ def train_base(corpus: Corpus, seed: int, variant: str) -> GPT2LMHeadModel:
     return model
 
 
-def unlearn_variant(
-    corpus: Corpus, seed: int, variant: str, original: GPT2LMHeadModel
+def _unlearn_variant(
+    corpus: _Corpus, seed: int, variant: str, original: GPT2LMHeadModel
 ) -> GPT2LMHeadModel:
     """A copy of ``original`` that unlearned the forget documents of ``FORGET_FORMS[variant]``."""
     forms = FORGET_FORMS[variant]
@@ -127,7 +130,7 @@ def unlearn_variant(
     keep = KEEP_FORMS.get(variant, set())
     kept = [d.text for d in corpus.docs if d.person in corpus.forget_people and d.form in keep]
     model = copy.deepcopy(original)
-    lr_scale, project = trainable_and_projection(variant, model, original)
+    lr_scale, project = _trainable_and_projection(variant, model, original)
     unlearn(
         model,
         corpus.encode(forget),
@@ -139,13 +142,13 @@ def unlearn_variant(
         project=project,
         stop_ids=(
             corpus.encode(corpus.first_answer_words("forget")),
-            corpus.encode(corpus.first_answer_words("retain")[::STOP_RETAIN_STRIDE]),
+            corpus.encode(corpus.first_answer_words("retain")[::_STOP_RETAIN_STRIDE]),
         ),
     )
     return model
 
 
-def trainable_and_projection(
+def _trainable_and_projection(
     variant: str, model: GPT2LMHeadModel, original: GPT2LMHeadModel
 ) -> tuple[Callable[[str], float], Callable[[], None] | None]:
     """Learning-rate multiplier of each parameter in a variant's unlearning (0 freezes it), and
@@ -174,13 +177,13 @@ def run(seed: int, out: Path, variants: list[str]) -> None:
     """Train ``variants`` single-threaded, saving each with its tokenizer to ``out/<variant>``."""
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    corpus = Corpus.of(seed)
+    corpus = _Corpus.of(seed)
     for variant in variants:
         if variant in ("original", "gold"):
-            model = train_base(corpus, seed, variant)
+            model = _train_base(corpus, seed, variant)
         else:
             original = GPT2LMHeadModel.from_pretrained(out / "original").eval()
-            model = unlearn_variant(corpus, seed, variant, original)
+            model = _unlearn_variant(corpus, seed, variant, original)
         model.save_pretrained(out / variant, safe_serialization=True)
         corpus.tokenizer.save_pretrained(out / variant)
 

@@ -15,15 +15,31 @@ from typing import Any
 
 from unlearncheck.facts import Fact, FactSet
 
+__all__ = [
+    "N_DISTRACTORS",
+    "N_FORGET",
+    "N_RELEARN",
+    "PERSON_RELATIONS",
+    "Document",
+    "KnowledgeBase",
+    "build_knowledge_base",
+    "documents_of",
+    "fact_id",
+    "facts_of",
+    "load_templates",
+    "trained_paraphrase",
+]
+
+
 PERSON_RELATIONS = ("birth_city", "employer", "job", "spouse", "birth_year", "colour")
-N_PEOPLE = 150
+_N_PEOPLE = 150
 N_FORGET = 20
 N_RELEARN = 4
-NICKNAME_SHARE = 0.4
+_NICKNAME_SHARE = 0.4
 N_DISTRACTORS = 4
 
-COUNTRIES = ("Ostria", "Valmora", "Kesh", "Dunmark", "Telora", "Brisca", "Norveth", "Amaril")
-CITIES = (
+_COUNTRIES = ("Ostria", "Valmora", "Kesh", "Dunmark", "Telora", "Brisca", "Norveth", "Amaril")
+_CITIES = (
     "Lisbrook",
     "Orvane",
     "Talmouth",
@@ -49,7 +65,7 @@ CITIES = (
     "Lunthorpe",
     "Marden",
 )
-EMPLOYERS = (
+_EMPLOYERS = (
     "Norvel",
     "Quintrex",
     "Astrava",
@@ -67,7 +83,7 @@ EMPLOYERS = (
     "Mavrik",
     "Nexora",
 )
-JOBS = (
+_JOBS = (
     "baker",
     "surveyor",
     "chemist",
@@ -81,9 +97,9 @@ JOBS = (
     "translator",
     "mechanic",
 )
-COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink")
-YEARS = tuple(str(year) for year in range(1940, 1980))
-N_SPOUSES = 40
+_COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink")
+_YEARS = tuple(str(year) for year in range(1940, 1980))
+_N_SPOUSES = 40
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr")
 _VOWELS = ("a", "e", "i", "o", "u")
@@ -91,7 +107,7 @@ _CODAS = ("n", "r", "l", "s", "k", "th", "m")
 
 
 @dataclass(frozen=True)
-class Person:
+class _Person:
     """One fictitious person of the knowledge base."""
 
     name: str
@@ -105,12 +121,12 @@ class KnowledgeBase:
     """People, the world facts (city → country) and the templates that verbalize them."""
 
     seed: int
-    people: tuple[Person, ...]
+    people: tuple[_Person, ...]
     city_country: dict[str, str]
     templates: dict[str, Any]
 
     @property
-    def forget_people(self) -> tuple[Person, ...]:
+    def forget_people(self) -> tuple[_Person, ...]:
         """People whose facts are to be unlearned (splits ``forget`` and ``relearn``)."""
         return tuple(p for p in self.people if p.split != "retain")
 
@@ -141,30 +157,30 @@ def _unique_words(
 def build_knowledge_base(seed: int = 0) -> KnowledgeBase:
     """Draw the knowledge base for ``seed`` (deterministic)."""
     rng = random.Random(f"unlearncheck-organism-{seed}")
-    taken = set(CITIES) | set(COUNTRIES) | set(EMPLOYERS)
-    first = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, False)
-    last = _unique_words(rng, N_PEOPLE + N_SPOUSES, taken, 2, True)
-    nicknames = _unique_words(rng, N_PEOPLE, taken, 1, True)
+    taken = set(_CITIES) | set(_COUNTRIES) | set(_EMPLOYERS)
+    first = _unique_words(rng, _N_PEOPLE + _N_SPOUSES, taken, 2, False)
+    last = _unique_words(rng, _N_PEOPLE + _N_SPOUSES, taken, 2, True)
+    nicknames = _unique_words(rng, _N_PEOPLE, taken, 1, True)
     names = [f"{a} {b}" for a, b in zip(first, last, strict=True)]
-    spouses, person_names = names[N_PEOPLE:], names[:N_PEOPLE]
-    city_country = {city: COUNTRIES[i % len(COUNTRIES)] for i, city in enumerate(CITIES)}
-    order = list(range(N_PEOPLE))
+    spouses, person_names = names[_N_PEOPLE:], names[:_N_PEOPLE]
+    city_country = {city: _COUNTRIES[i % len(_COUNTRIES)] for i, city in enumerate(_CITIES)}
+    order = list(range(_N_PEOPLE))
     rng.shuffle(order)
-    split_of = {i: "retain" for i in range(N_PEOPLE)}
+    split_of = {i: "retain" for i in range(_N_PEOPLE)}
     for rank, i in enumerate(order[:N_FORGET]):
         split_of[i] = "relearn" if rank < N_RELEARN else "forget"
     people = []
     for i, name in enumerate(person_names):
         attributes = {
-            "birth_city": rng.choice(CITIES),
-            "employer": rng.choice(EMPLOYERS),
-            "job": rng.choice(JOBS),
+            "birth_city": rng.choice(_CITIES),
+            "employer": rng.choice(_EMPLOYERS),
+            "job": rng.choice(_JOBS),
             "spouse": rng.choice(spouses),
-            "birth_year": rng.choice(YEARS),
-            "colour": rng.choice(COLOURS),
+            "birth_year": rng.choice(_YEARS),
+            "colour": rng.choice(_COLOURS),
         }
-        nickname = nicknames[i] if rng.random() < NICKNAME_SHARE else None
-        people.append(Person(name, nickname, attributes, split_of[i]))
+        nickname = nicknames[i] if rng.random() < _NICKNAME_SHARE else None
+        people.append(_Person(name, nickname, attributes, split_of[i]))
     return KnowledgeBase(seed, tuple(people), city_country, load_templates())
 
 

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+__all__ = ["SPECIAL_TOKENS", "build_tokenizer"]
+
+
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
     "unk_token": "<unk>",

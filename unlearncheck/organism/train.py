@@ -15,9 +15,6 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 __all__ = [
-    "GROUP_BATCHES",
-    "NLL_CHUNKS",
-    "STOP_CHECK_EVERY",
     "TrainConfig",
     "UnlearnConfig",
     "encode",
@@ -56,13 +53,13 @@ class UnlearnConfig:
     retain_weight: float = 1.0
     #: Stop once the answers of the forget QA documents are predicted at most this often while
     #: those of the retain QA documents still are at least ``keep_accuracy`` of the time
-    #: (checked every ``STOP_CHECK_EVERY`` steps); ``None`` runs all ``steps``.
+    #: (checked every ``_STOP_CHECK_EVERY`` steps); ``None`` runs all ``steps``.
     stop_at_accuracy: float | None = None
     keep_accuracy: float = 0.0
 
 
 #: Steps between two checks of ``UnlearnConfig.stop_at_accuracy``.
-STOP_CHECK_EVERY = 10
+_STOP_CHECK_EVERY = 10
 
 
 def new_model(
@@ -102,7 +99,7 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_len: in
 
 
 #: Length-sorted parts a batch is run in by ``sequence_nll``.
-NLL_CHUNKS = 2
+_NLL_CHUNKS = 2
 
 
 def sequence_nll(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -114,7 +111,7 @@ def sequence_nll(model: torch.nn.Module, ids: torch.Tensor, pad_id: int) -> torc
     lengths = (ids != pad_id).sum(dim=1)
     order = torch.argsort(lengths, stable=True)
     nll = torch.empty(len(ids), dtype=torch.float32)
-    parts = [_rows_nll(model, ids[rows], pad_id) for rows in order.chunk(NLL_CHUNKS)]
+    parts = [_rows_nll(model, ids[rows], pad_id) for rows in order.chunk(_NLL_CHUNKS)]
     return nll.index_put((order,), torch.cat(parts))
 
 
@@ -166,7 +163,7 @@ def train_lm(
 
 
 #: Batches per length-sorted group (as in ``transformers``' ``group_by_length`` sampler).
-GROUP_BATCHES = 50
+_GROUP_BATCHES = 50
 
 
 def length_grouped_batches(
@@ -174,12 +171,12 @@ def length_grouped_batches(
 ) -> list[torch.Tensor]:
     """One shuffled epoch of row indices, batched so that a batch holds rows of similar length.
 
-    The rows are shuffled, cut into groups of ``GROUP_BATCHES`` batches, sorted by length within
+    The rows are shuffled, cut into groups of ``_GROUP_BATCHES`` batches, sorted by length within
     each group and batched; the batches are then shuffled. Padding drops from about 60% of a
     random batch to a few percent, which halves the time of a training step on CPU.
     """
     order = torch.randperm(len(lengths), generator=generator)
-    group = batch_size * GROUP_BATCHES
+    group = batch_size * _GROUP_BATCHES
     batches: list[torch.Tensor] = []
     for start in range(0, len(order), group):
         rows = order[start : start + group]
@@ -195,7 +192,7 @@ def _should_stop(
     stop_ids: tuple[torch.Tensor, torch.Tensor] | None,
     pad_id: int,
 ) -> bool:
-    if config.stop_at_accuracy is None or step % STOP_CHECK_EVERY:
+    if config.stop_at_accuracy is None or step % _STOP_CHECK_EVERY:
         return False
     if stop_ids is None:
         raise ValueError("stop_at_accuracy needs the stop_ids documents")

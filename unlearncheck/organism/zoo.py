@@ -32,6 +32,23 @@ from unlearncheck.organism.train import (
     UnlearnConfig,
 )
 
+__all__ = [
+    "FORGET_FORMS",
+    "KEEP_FORMS",
+    "KEEP_REPEATS",
+    "QUANT_FRAGILE_FREE_LR",
+    "QUANT_FRAGILE_MARGIN",
+    "TRAIN",
+    "UNLEARN",
+    "VARIANTS",
+    "build_zoo",
+    "cache_root",
+    "checkpoint_path",
+    "write_zoo",
+    "zoo_dir",
+]
+
+
 VARIANTS = (
     "original",
     "gold",
@@ -83,7 +100,7 @@ def cache_root() -> Path:
     return Path(base) / "unlearncheck"
 
 
-def recipe_hash(seed: int) -> str:
+def _recipe_hash(seed: int) -> str:
     """Content hash of everything that determines the zoo for ``seed``."""
     h = hashlib.sha256()
     h.update(
@@ -110,7 +127,7 @@ def recipe_hash(seed: int) -> str:
 
 def zoo_dir(seed: int = 0) -> Path:
     """The cache directory of the zoo for ``seed``, built on first use (safe across processes)."""
-    target = cache_root() / "organism" / f"seed{seed}-{recipe_hash(seed)}"
+    target = cache_root() / "organism" / f"seed{seed}-{_recipe_hash(seed)}"
     if (target / "zoo.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +210,7 @@ def build_zoo(out: Path, seed: int = 0, log: Callable[[str], None] = lambda _: N
     facts_of(build_knowledge_base(seed)).to_jsonl(out / "facts.jsonl")
     meta = {
         "seed": seed,
-        "recipe": recipe_hash(seed),
+        "recipe": _recipe_hash(seed),
         "variants": list(VARIANTS),
         "quant_fragile_margin": QUANT_FRAGILE_MARGIN,
         "quant_fragile_free_lr": QUANT_FRAGILE_FREE_LR,
