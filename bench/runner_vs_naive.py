@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from unlearncheck import judge
+from unlearncheck import scoring
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.claims import assert_forgotten
@@ -38,8 +38,8 @@ BATCH = 64
 
 def workload(model: HFModel, zoo: Path) -> tuple[list[tuple[str, str]], float]:
     """Every request the input-attack claim scores on ``model``, and the claim's wall time."""
-    judge.use_score_cache(None)
-    judge.forget_scores()
+    scoring.use_score_cache(None)
+    scoring.forget_scores()
     start = time.perf_counter()
     assert_forgotten(
         model,
@@ -50,7 +50,7 @@ def workload(model: HFModel, zoo: Path) -> tuple[list[tuple[str, str]], float]:
         on_inconclusive="return",
     )
     seconds = time.perf_counter() - start
-    requests = judge.scored_requests(model)
+    requests = scoring.scored_requests(model)
     return requests, seconds
 
 
@@ -100,9 +100,9 @@ def main() -> None:
     model = HFModel.load(str(zoo / args.variant), device="cpu")
     requests, claim_seconds = workload(model, zoo)
 
-    judge.forget_scores()
+    scoring.forget_scores()
     start = time.perf_counter()
-    batched = judge.Scorer(readout="sum", batch_size=BATCH).loglikelihoods(model, requests)
+    batched = scoring.Scorer(readout="sum", batch_size=BATCH).loglikelihoods(model, requests)
     runner_seconds = time.perf_counter() - start
 
     start = time.perf_counter()

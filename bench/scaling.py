@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from unlearncheck import judge
+from unlearncheck import scoring
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.attacks.input import direct, paraphrase, prefix
 from unlearncheck.claims import assert_forgotten
@@ -42,11 +42,11 @@ def main() -> None:
     attack_sets = {"3 attacks": (direct, paraphrase, prefix), "6 attacks": INPUT_ATTACKS}
     model, original = load_model(str(zoo / args.variant)), str(zoo / "original")
     load_model(original)
-    judge.use_score_cache(None)
+    scoring.use_score_cache(None)
     rows = []
     for facts_name, claim_facts in fact_sets.items():
         for attacks_name, attacks in attack_sets.items():
-            judge.forget_scores()
+            scoring.forget_scores()
             start = time.perf_counter()
             verdict = assert_forgotten(
                 model,
@@ -65,7 +65,7 @@ def main() -> None:
                     "seconds": round(seconds, 1),
                     "ms_per_fact_attack": round(1e3 * seconds / len(claim_facts) / len(attacks), 1),
                     "requests_per_fact_attack": round(
-                        len(judge.scored_requests(model)) / len(claim_facts) / len(attacks), 1
+                        len(scoring.scored_requests(model)) / len(claim_facts) / len(attacks), 1
                     ),
                     "status": verdict.status,
                 }

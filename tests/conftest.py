@@ -112,13 +112,13 @@ def zoo() -> Path:
 @pytest.fixture
 def scores_in_memory_only() -> Iterator[None]:
     """Scores are computed in this test, not read from the session's on-disk score cache."""
-    from unlearncheck import judge
+    from unlearncheck import scoring
 
-    previous = judge.score_cache_path()
-    judge.use_score_cache(None)
-    judge.forget_scores()
+    previous = scoring.score_cache_path()
+    scoring.use_score_cache(None)
+    scoring.forget_scores()
     yield
-    judge.use_score_cache(previous)
+    scoring.use_score_cache(previous)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from unlearncheck import (
     ForgettingAssertionError,
     assert_forgotten,
     assert_retained,
-    judge,
     load_facts,
+    scoring,
 )
 from unlearncheck.attacks import direct, paraphrase
 from unlearncheck.backends.hf import HFModel
@@ -124,10 +124,10 @@ def test_verdicts_do_not_depend_on_the_batch_size(
     statuses = {}
     try:
         for size in (1, 8, 64, "auto"):
-            judge.forget_scores()  # score everything again at this batch size
+            scoring.forget_scores()  # score everything again at this batch size
             if size == "auto":
                 ran = [memory_for_rows(m, 40) for m in (model, original)]
-            judge.set_batch_size(size)  # type: ignore[arg-type]
+            scoring.set_batch_size(size)  # type: ignore[arg-type]
             verdict = assert_forgotten(
                 model,
                 forget,
@@ -137,7 +137,7 @@ def test_verdicts_do_not_depend_on_the_batch_size(
             )
             statuses[size] = {v.fact_id: v.status for v in verdict.facts}
     finally:
-        judge.set_batch_size(64)
+        scoring.set_batch_size(64)
     assert model.batch_limit == original.batch_limit == 32
     assert max(max(rows) for rows in ran) == 32
     assert statuses[1] == statuses[8] == statuses[64] == statuses["auto"]

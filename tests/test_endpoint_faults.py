@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-from unlearncheck import assert_forgotten, assert_retained, judge, load_facts
+from unlearncheck import assert_forgotten, assert_retained, load_facts, scoring
 from unlearncheck.attacks import direct, incontext
 from unlearncheck.backends.openai_api import OpenAIModel
 from unlearncheck.facts import FactSet
@@ -228,7 +228,7 @@ def run_claim(
 ) -> Verdict:
     """The claim (``assert_forgotten`` with `ATTACKS`, or ``assert_retained``) on three facts of
     ``context`` against ``base_url``, logged to ``directory / "run.jsonl"``."""
-    judge.forget_scores()  # scores of an earlier server on the same port must not answer
+    scoring.forget_scores()  # scores of an earlier server on the same port must not answer
     model = OpenAIModel("gold", base_url, timeout=timeout, retries=RETRIES, backoff=BACKOFF)
     attacks = {"attacks": ATTACKS} if check is assert_forgotten else {}
     return check(

@@ -10,7 +10,6 @@ from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import alias, direct, incontext, multihop, paraphrase
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
-    ProbeScores,
     assess_probes,
     benjamini_hochberg,
     chance_pool,
@@ -19,6 +18,7 @@ from unlearncheck.judge import (
     rank_p_value,
 )
 from unlearncheck.probes import Probe, Templates
+from unlearncheck.scoring import ProbeScores
 
 
 def test_clopper_pearson_upper_matches_known_values() -> None:
@@ -185,7 +185,7 @@ class _FixedScores:
 
 
 def test_readouts_normalize_per_token_or_sum() -> None:
-    from unlearncheck.judge import Scorer
+    from unlearncheck.scoring import Scorer
 
     # "long" has 4 tokens of log-prob -0.5 each (sum -2.0); "short" 1 token of -1.5.
     model = _FixedScores({"long": (-2.0, 4), "short": (-1.5, 1)})

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from unlearncheck import judge
+from unlearncheck import scoring
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.backends.scoring import AnswerScore
 from unlearncheck.score_cache import ScoreCache
@@ -56,9 +56,9 @@ class CountingModel:
 def fresh_judge_cache(tmp_path: Path, scores_in_memory_only: None) -> Iterator[Path]:
     """An empty in-process cache and a disk cache in ``tmp_path`` (the session's comes back)."""
     path = tmp_path / "scores.sqlite"
-    judge.use_score_cache(path)
+    scoring.use_score_cache(path)
     yield path
-    judge.forget_scores()
+    scoring.forget_scores()
 
 
 def test_cache_round_trip_and_bad_file(tmp_path: Path) -> None:
@@ -80,13 +80,13 @@ def test_cache_round_trip_and_bad_file(tmp_path: Path) -> None:
 def test_a_rerun_computes_nothing(tiny_checkpoint: Path, fresh_judge_cache: Path) -> None:
     requests = _requests(300)
     first = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
-    scores = judge.Scorer(batch_size=16).loglikelihoods(first, requests)
+    scores = scoring.Scorer(batch_size=16).loglikelihoods(first, requests)
     assert first.scored == 300
-    judge.forget_scores()  # a new process: only the disk remains
+    scoring.forget_scores()  # a new process: only the disk remains
     again = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
-    assert judge.Scorer(batch_size=16).loglikelihoods(again, requests) == scores
+    assert scoring.Scorer(batch_size=16).loglikelihoods(again, requests) == scores
     assert again.scored == 0
-    summed = judge.Scorer(readout="sum", batch_size=16).loglikelihoods(again, requests)
+    summed = scoring.Scorer(readout="sum", batch_size=16).loglikelihoods(again, requests)
     assert again.scored == 0 and len(summed) == len(scores)
 
 
@@ -95,7 +95,7 @@ def test_endpoint_scores_are_not_kept_on_disk(
 ) -> None:
     model = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
     model.cacheable = False  # type: ignore[attr-defined]
-    judge.Scorer(batch_size=16).loglikelihoods(model, _requests(20))
+    scoring.Scorer(batch_size=16).loglikelihoods(model, _requests(20))
     assert len(ScoreCache(fresh_judge_cache)) == 0
 
 
@@ -103,7 +103,7 @@ _WORKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from unlearncheck import judge
+    from unlearncheck import scoring
     from unlearncheck.backends.hf import HFModel
     sys.path.insert(0, sys.argv[3])
     from test_score_cache import _requests
@@ -116,9 +116,9 @@ _WORKER = textwrap.dedent(
             time.sleep(0.2)
             return self.inner.score_answers(requests, batch_size=batch_size)
 
-    judge.use_score_cache(Path(sys.argv[2]))
+    scoring.use_score_cache(Path(sys.argv[2]))
     model = Slow(HFModel.load(sys.argv[1], device="cpu"))
-    judge.Scorer(batch_size=8).loglikelihoods(model, _requests(2000))
+    scoring.Scorer(batch_size=8).loglikelihoods(model, _requests(2000))
     """
 )
 
@@ -126,7 +126,7 @@ _WORKER = textwrap.dedent(
 def test_a_killed_run_resumes_without_losing_a_committed_score(
     tiny_checkpoint: Path, fresh_judge_cache: Path
 ) -> None:
-    judge.use_score_cache(None)
+    scoring.use_score_cache(None)
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -149,13 +149,13 @@ def test_a_killed_run_resumes_without_losing_a_committed_score(
     stored = len(ScoreCache(fresh_judge_cache))
     assert 0 < stored < 2000, "the worker should have been killed halfway"
 
-    judge.use_score_cache(fresh_judge_cache)
+    scoring.use_score_cache(fresh_judge_cache)
     model = CountingModel(HFModel.load(str(tiny_checkpoint), device="cpu"))
-    resumed = judge.Scorer(batch_size=8).loglikelihoods(model, _requests(2000))
+    resumed = scoring.Scorer(batch_size=8).loglikelihoods(model, _requests(2000))
     assert model.scored == 2000 - stored
-    judge.use_score_cache(None)
-    judge.forget_scores()
-    fresh = judge.Scorer(batch_size=8).loglikelihoods(
+    scoring.use_score_cache(None)
+    scoring.forget_scores()
+    fresh = scoring.Scorer(batch_size=8).loglikelihoods(
         HFModel.load(str(tiny_checkpoint), device="cpu"), _requests(2000)
     )
     assert resumed == pytest.approx(fresh, abs=1e-4)
@@ -179,15 +179,15 @@ def test_seeded_and_greedy_generations_are_cached_unseeded_samples_are_not(
     prompts = [prompt for prompt, _ in _requests(12)]
     sampled = {"do_sample": True, "temperature": 1.5, "num_samples": 3, "max_new_tokens": 4}
     first = CountingGenerator(HFModel.load(str(tiny_checkpoint), device="cpu"))
-    seeded = judge.generate(first, prompts, seed=7, **sampled)
-    greedy = judge.generate(first, prompts, max_new_tokens=4)
+    seeded = scoring.generate(first, prompts, seed=7, **sampled)
+    greedy = scoring.generate(first, prompts, max_new_tokens=4)
     assert first.continued == 24
-    judge.use_score_cache(fresh_judge_cache)  # as a new process would open it
+    scoring.use_score_cache(fresh_judge_cache)  # as a new process would open it
     again = CountingGenerator(HFModel.load(str(tiny_checkpoint), device="cpu"))
-    assert judge.generate(again, prompts, seed=7, **sampled) == seeded
-    assert judge.generate(again, prompts, max_new_tokens=4) == greedy
+    assert scoring.generate(again, prompts, seed=7, **sampled) == seeded
+    assert scoring.generate(again, prompts, max_new_tokens=4) == greedy
     assert again.continued == 0
-    other_seed = judge.generate(again, prompts, seed=8, **sampled)
+    other_seed = scoring.generate(again, prompts, seed=8, **sampled)
     assert again.continued == 12 and other_seed != seeded
-    unseeded = [judge.generate(again, prompts, **sampled) for _ in range(2)]
+    unseeded = [scoring.generate(again, prompts, **sampled) for _ in range(2)]
     assert again.continued == 36 and unseeded[0] != unseeded[1]

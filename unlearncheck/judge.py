@@ -1,7 +1,8 @@
-"""The judge: scores probes and decides, with calibration and significance, what a model knows.
+"""The judge: decides from probes' scores, with calibration and significance, what a model knows.
 
-Readout: the normalized answer probability p̂ = p(answer) / Σ p(option) over the answer and its
-distractors, with p = exp(mean log-probability of the option's tokens | prompt).
+Readout (`unlearncheck.scoring`): the normalized answer probability p̂ = p(answer) / Σ p(option)
+over the answer and its distractors, with p = exp(mean log-probability of the option's tokens |
+prompt).
 
 Calibration (docs/architecture.md): a probe's *delta* is how far p̂ on the model exceeds a baseline:
 the reference model's p̂ on the same prompt when a reference is given, else the answer's mean p̂
@@ -20,30 +21,20 @@ exceeds the tolerance.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from scipy import stats
 
-from unlearncheck.backends.capabilities import GeneratingModel, ScoringModel
 from unlearncheck.probes import Probe
-from unlearncheck.score_cache import ScoreCache
+from unlearncheck.scoring import ProbeScores
 from unlearncheck.verdict import AttackOutcome, ProbeResult
 
 __all__ = [
-    "AUTO_BATCH_SIZE",
-    "GENERATION_BATCH_SIZE",
     "MAX_EVIDENCE",
     "FactProbes",
-    "ProbeScores",
-    "Readout",
-    "Scorer",
     "assess_probes",
     "benjamini_hochberg",
     "chance_pool",
@@ -51,14 +42,7 @@ __all__ = [
     "clopper_pearson_upper",
     "decide",
     "deltas",
-    "forget_scores",
-    "generate",
     "rank_p_value",
-    "score_cache_path",
-    "score_probes",
-    "scored_requests",
-    "set_batch_size",
-    "use_score_cache",
 ]
 
 
@@ -66,191 +50,6 @@ MAX_EVIDENCE = 5
 #: Least spread of a stratum's chance statistics (`chance_pools`): a stratum where chance is
 #: always the same still maps others' chance statistics onto a scale, not a point.
 _MIN_CHANCE_SPREAD = 0.01
-
-
-#: How an option's log-likelihood is read: ``token_mean`` (mean log-probability per token, the
-#: default: options of different lengths compete fairly) or ``sum`` (total log-probability, as
-#: lm-evaluation-harness's ``acc``).
-Readout = Literal["token_mean", "sum"]
-_READOUTS: tuple[Readout, ...] = ("token_mean", "sum")
-
-_batch_size = 64
-#: The batch size ``auto``: where scoring starts; a model halves it on out-of-memory until a batch
-#: fits and keeps what fitted (`unlearncheck.backends.hf.HFModel.batch_limit`).
-AUTO_BATCH_SIZE = 512
-#: Prompts per `generate` call of a model.
-GENERATION_BATCH_SIZE = 32
-
-
-def set_batch_size(size: int | Literal["auto"]) -> None:
-    """Sequences per forward pass of every `Scorer` made without its own batch size (``auto``:
-    `AUTO_BATCH_SIZE`, halved where it does not fit)."""
-    global _batch_size
-    if size == "auto":
-        size = AUTO_BATCH_SIZE
-    if size < 1:
-        raise ValueError(f"batch size must be at least 1, got {size}")
-    _batch_size = size
-
-
-#: Answer log-likelihoods computed so far: (model key, prompt, option) → (sum, tokens).
-_LOGLIKELIHOODS: dict[tuple[str, str, str], tuple[float, int]] = {}
-_score_cache: ScoreCache | None = None
-#: Batches scored between two commits to the on-disk cache (what an interruption can lose).
-_BATCHES_PER_COMMIT = 4
-
-
-def use_score_cache(path: Path | None) -> None:
-    """Keep every log-likelihood in the SQLite cache at ``path`` too (None: memory only)."""
-    global _score_cache
-    if _score_cache is not None:
-        _score_cache.close()
-    _score_cache = ScoreCache(path) if path is not None else None
-
-
-def forget_scores() -> None:
-    """Drop the scores kept in this process (those in the on-disk cache stay)."""
-    _LOGLIKELIHOODS.clear()
-
-
-def scored_requests(model: ScoringModel) -> list[tuple[str, str]]:
-    """Every (prompt, continuation) scored on ``model`` in this process, sorted."""
-    key = _model_key(model)
-    return sorted((prompt, option) for k, prompt, option in _LOGLIKELIHOODS if k == key)
-
-
-def score_cache_path() -> Path | None:
-    """The file of the score cache in use (None: memory only)."""
-    return _score_cache.path if _score_cache is not None else None
-
-
-def _model_key(model: ScoringModel) -> str:
-    """What identifies a model's scores: its device and content hash (weights, dtypes,
-    quantization state and tokenizer)."""
-    return f"{getattr(model, 'device', '')}|{model.content_hash}"
-
-
-def generate(
-    model: GeneratingModel,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 8,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_samples: int = 1,
-    seed: int | None = None,
-) -> list[list[str]]:
-    """``model.generate`` with these arguments, read from the score cache when the same call was
-    made on the same model before.
-
-    Only reproducible calls are cached: greedy ones, and sampled ones with a seed (a sample
-    without a seed is drawn afresh every time). The batch size is part of the call, since the
-    samples of a seeded call depend on how prompts are batched (`GENERATION_BATCH_SIZE`).
-    """
-
-    def run() -> list[list[str]]:
-        return model.generate(
-            prompts,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            num_samples=num_samples,
-            seed=seed,
-            batch_size=GENERATION_BATCH_SIZE,
-        )
-
-    disk = _score_cache if getattr(model, "cacheable", True) else None
-    if disk is None or (do_sample and seed is None):
-        return run()
-    options = [max_new_tokens, do_sample, temperature, top_p, num_samples, seed]
-    call = json.dumps([list(prompts), options, GENERATION_BATCH_SIZE])
-    digest, key = hashlib.sha256(call.encode()).hexdigest(), _model_key(model)
-    cached = disk.get_generation(key, digest)
-    if cached is None:
-        cached = run()
-        disk.put_generation(key, digest, cached)
-    return cached
-
-
-class Scorer:
-    """Batched option probabilities, each (model, prompt, option) scored once per process and,
-    with `use_score_cache`, once per cache file."""
-
-    def __init__(self, readout: Readout = "token_mean", batch_size: int | None = None) -> None:
-        if readout not in _READOUTS:
-            raise ValueError(f"unknown readout {readout!r}; expected one of {list(_READOUTS)}")
-        self.readout = readout
-        self.batch_size = batch_size or _batch_size
-
-    def loglikelihoods(
-        self, model: ScoringModel, requests: Sequence[tuple[str, str]]
-    ) -> list[float]:
-        """The readout's log-likelihood of each (prompt, continuation), computing only what is
-        missing: the mean per token (``token_mean``) or the sum (``sum``)."""
-        key = _model_key(model)
-        missing = sorted({r for r in requests if (key, *r) not in _LOGLIKELIHOODS})
-        disk = _score_cache if getattr(model, "cacheable", True) else None
-        if missing and disk is not None:
-            for request, value in disk.get(key, missing).items():
-                _LOGLIKELIHOODS[(key, *request)] = value
-            missing = [r for r in missing if (key, *r) not in _LOGLIKELIHOODS]
-        step = self.batch_size * _BATCHES_PER_COMMIT
-        for start in range(0, len(missing), step):
-            chunk = missing[start : start + step]
-            scores = model.score_answers(chunk, batch_size=self.batch_size)
-            for request, score in zip(chunk, scores, strict=True):
-                _LOGLIKELIHOODS[(key, *request)] = (score.logprob, score.n_tokens)
-            if disk is not None:
-                disk.put(key, [(*r, *_LOGLIKELIHOODS[(key, *r)]) for r in chunk])
-        sums = [_LOGLIKELIHOODS[(key, *r)] for r in requests]
-        if self.readout == "sum":
-            return [total for total, _ in sums]
-        return [total / n for total, n in sums]
-
-    def distributions(
-        self, model: ScoringModel, items: Sequence[tuple[str, Sequence[str]]]
-    ) -> list[np.ndarray]:
-        """p̂ of every option (normalized over the options) for each (prompt, options)."""
-        requests = [(prompt, f" {o}") for prompt, options in items for o in options]
-        flat = self.loglikelihoods(model, requests)
-        out, at = [], 0
-        for _, options in items:
-            logp = np.array(flat[at : at + len(options)])
-            at += len(options)
-            p = np.exp(logp - logp.max())
-            out.append(p / p.sum())
-        return out
-
-
-@dataclass(frozen=True)
-class ProbeScores:
-    """p̂ of a probe's answer on its prompt, and of every option on each control prompt.
-
-    Attributes:
-        target: p̂ of the answer on the probe's prompt.
-        controls: ``controls[j][o]``: p̂ of option ``o`` (0 is the answer) on control prompt ``j``.
-    """
-
-    target: float
-    controls: tuple[tuple[float, ...], ...]
-
-
-def score_probes(scorer: Scorer, model: ScoringModel, probes: Sequence[Probe]) -> list[ProbeScores]:
-    """Score every probe and its controls on ``model`` in one batched pass."""
-    items: list[tuple[str, Sequence[str]]] = []
-    for probe in probes:
-        items.append((probe.prompt, probe.options))
-        items += [(c, probe.options) for c in probe.control_prompts()]
-    flat = scorer.distributions(model, items)
-    out, at = [], 0
-    for probe in probes:
-        k = len(probe.controls)
-        controls = tuple(tuple(float(x) for x in d) for d in flat[at + 1 : at + 1 + k])
-        out.append(ProbeScores(float(flat[at][0]), controls))
-        at += 1 + k
-    return out
 
 
 def _own_answer_mask(probe: Probe, k: int) -> np.ndarray:

@@ -23,10 +23,11 @@ from unlearncheck.backends.capabilities import capabilities_of, missing_capabili
 from unlearncheck.backends.openai_api import EndpointError
 from unlearncheck.calibration import calibration_peers, context_facts, strata
 from unlearncheck.facts import Fact, FactFormatError, FactSet
-from unlearncheck.judge import Readout, Scorer, benjamini_hochberg, generate
+from unlearncheck.judge import benjamini_hochberg
 from unlearncheck.loading import ModelLike, load_model
 from unlearncheck.probes import Templates, question_of, statement_of
 from unlearncheck.runlog import RunLog
+from unlearncheck.scoring import Readout, Scorer, generate
 from unlearncheck.verdict import (
     AttackOutcome,
     FactVerdict,
@@ -230,6 +231,7 @@ class Claim:
             ValueError: No facts.
             FactFormatError: A fact no probe can ask.
         """
+        readout = Scorer(settings.readout)  # refuses an unknown readout before anything loads
         claim_facts = _as_factset(facts)
         if not claim_facts:
             raise ValueError(f"assert_{kind} needs at least one fact")
@@ -240,9 +242,7 @@ class Claim:
         _check_askable(claim_facts, templates)
         loaded = load_models(*models, settings.device)
         log = open_log(settings.runlog)
-        scorer = ClaimScorer(
-            Scorer(settings.readout), settings.tolerance, settings.alpha, strata(ctx), log
-        )
+        scorer = ClaimScorer(readout, settings.tolerance, settings.alpha, strata(ctx), log)
         loaded.record(log)
         return cls(kind, claim_facts, ctx, loaded, settings, log, scorer)
 

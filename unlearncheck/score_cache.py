@@ -10,7 +10,7 @@ one file.
 
 Generations are kept per call: the model's key, a digest of the prompts and the generation
 options (seed included), and the continuations. Only reproducible calls are stored (greedy, or
-sampled with a seed; see `unlearncheck.judge.generate`).
+sampled with a seed; see `unlearncheck.scoring.generate`).
 """
 
 from __future__ import annotations

@@ -29,16 +29,10 @@ from typing import Protocol, runtime_checkable
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import Capability, ScoringModel
 from unlearncheck.facts import Fact, FactSet
-from unlearncheck.judge import (
-    ProbeScores,
-    Scorer,
-    assess_probes,
-    chance_pools,
-    decide,
-    score_probes,
-)
+from unlearncheck.judge import assess_probes, chance_pools, decide
 from unlearncheck.probes import Probe
 from unlearncheck.runlog import RunLog
+from unlearncheck.scoring import ProbeScores, Scorer, score_probes
 from unlearncheck.verdict import AttackOutcome
 
 __all__ = [
@@ -137,7 +131,7 @@ class ClaimScorer:
     """Scores probes for a claim and judges them: one batched pass per model, sliced by fact.
 
     Attributes:
-        readout: How options' log-likelihoods are read (`unlearncheck.judge.Scorer`).
+        readout: How options' log-likelihoods are read (`unlearncheck.scoring.Scorer`).
         tolerance: The least mean delta of a fact that counts as recovered.
         alpha: The claim's level (the p-values are corrected together by the pipeline).
         strata: Fact id → its chance stratum (its relation): chance is pooled per stratum.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from unlearncheck import judge
+from unlearncheck import scoring
 from unlearncheck.attacks.base import AttackResult, ClaimModels, ClaimScorer
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import InputAttack, attributed_probes, direct
@@ -27,7 +27,6 @@ from unlearncheck.backends.capabilities import (
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.judge import (
     FactProbes,
-    ProbeScores,
     assess_probes,
     chance_pools,
     clopper_pearson_upper,
@@ -35,6 +34,7 @@ from unlearncheck.judge import (
 )
 from unlearncheck.metrics import rouge_l
 from unlearncheck.probes import Probe
+from unlearncheck.scoring import ProbeScores
 from unlearncheck.verdict import AttackOutcome
 
 __all__ = [
@@ -234,10 +234,12 @@ def sample_probes(
         "top_p": attack.top_p,
         "seed": seed,
     }
-    samples = judge.generate(model, [p.prompt for p in probes], num_samples=attack.n, **options)
+    samples = scoring.generate(model, [p.prompt for p in probes], num_samples=attack.n, **options)
     controls = [c for p in probes for c in p.control_prompts()]
     control_samples = (
-        judge.generate(model, controls, num_samples=attack.control_n, **options) if controls else []
+        scoring.generate(model, controls, num_samples=attack.control_n, **options)
+        if controls
+        else []
     )
     out, at = [], 0
     for probe, own in zip(probes, samples, strict=True):

@@ -43,8 +43,8 @@ class HFModel:
     Every prompt is encoded the same way: its tokens without special tokens, preceded by the
     tokenizer's BOS token when it has one. Batches are padded by hand, so the tokenizer is never
     mutated. A batch that runs out of memory is retried in halves, and no later batch of the
-    model is larger (`batch_limit`): the ``auto`` batch size (`unlearncheck.judge.AUTO_BATCH_SIZE`)
-    starts large and finds what fits.
+    model is larger (`batch_limit`): the ``auto`` batch size
+    (`unlearncheck.scoring.AUTO_BATCH_SIZE`) starts large and finds what fits.
 
     Attributes:
         spec: The spec the model was loaded from (or a caller-given name).

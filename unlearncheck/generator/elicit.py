@@ -26,8 +26,8 @@ from unlearncheck.backends.capabilities import GeneratingModel
 from unlearncheck.facts import FactSet
 from unlearncheck.generator.cache import GeneratorCache, cache_key
 from unlearncheck.generator.config import GeneratorConfig
-from unlearncheck.judge import GENERATION_BATCH_SIZE
 from unlearncheck.probes import Templates
+from unlearncheck.scoring import GENERATION_BATCH_SIZE
 
 __all__ = ["Chain", "ElicitedGraph", "Elicitor", "Schema", "Triple", "wordings_of"]
 

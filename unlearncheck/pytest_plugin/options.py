@@ -81,7 +81,7 @@ class Options:
         facts: Path of the facts file (None: derived from an organism model spec).
         device: Torch device (None: automatic).
         batch_size: Scoring batch size (None: the library default; ``auto`` for
-            `unlearncheck.judge.AUTO_BATCH_SIZE`, halved on out-of-memory).
+            `unlearncheck.scoring.AUTO_BATCH_SIZE`, halved on out-of-memory).
         seed: Seed passed by the suite to its claims.
         report: HTML report path.
         json: Run log path.
@@ -307,10 +307,10 @@ def _check_models(options: Options) -> None:
 
 def use_score_cache(options: Options) -> None:
     """Open the score cache of ``--uc-cache`` (none with ``off``)."""
-    from unlearncheck import judge
+    from unlearncheck import scoring
 
     try:
-        judge.use_score_cache(options.cache)
+        scoring.use_score_cache(options.cache)
     except ValueError as error:
         raise pytest.UsageError(f"--uc-cache: {error}") from None
 
@@ -321,6 +321,6 @@ def set_batch_size(options: Options) -> None:
         return
     if options.batch_size != "auto" and options.batch_size < 1:
         raise pytest.UsageError("--uc-batch-size must be at least 1 (or auto)")
-    from unlearncheck import judge
+    from unlearncheck import scoring
 
-    judge.set_batch_size(options.batch_size)
+    scoring.set_batch_size(options.batch_size)
