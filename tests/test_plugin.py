@@ -170,13 +170,13 @@ def test_gold_passes_with_report_run_log_and_junit(pytester: pytest.Pytester, su
     assert 'name="unlearncheck_verdict"' in (suite / "junit.xml").read_text()
 
 
-def test_qa_form_only_fails_and_xdist_gives_the_same_verdicts(
+def test_quant_fragile_fails_and_xdist_gives_the_same_verdicts(
     pytester: pytest.Pytester, suite: Path
 ) -> None:
     log = suite / "reports" / "unlearncheck.jsonl"
     log.parent.mkdir()
     log.write_text('{"kind": "verdict", "claim": "from an earlier session"}\n')
-    serial = _run(pytester, "qa_form_only")
+    serial = _run(pytester, "quant_fragile")
     assert serial.ret == pytest.ExitCode.TESTS_FAILED
     serial.stdout.fnmatch_lines(["*ForgettingAssertionError*", "claims: 0 passed, 2 failed*"])
     statuses = {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)}
@@ -184,7 +184,7 @@ def test_qa_form_only_fails_and_xdist_gives_the_same_verdicts(
     fact_statuses = _fact_statuses(log)
     assert {"PASS", "FAIL"} <= {status for *_, status in fact_statuses}
 
-    parallel = _run(pytester, "qa_form_only", "-n", "2")
+    parallel = _run(pytester, "quant_fragile", "-n", "2")
     assert parallel.ret == pytest.ExitCode.TESTS_FAILED
     parallel.stdout.fnmatch_lines(["claims: 0 passed, 2 failed*"])
     records = list(read_runlog(log))
