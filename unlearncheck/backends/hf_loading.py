@@ -7,6 +7,7 @@ Everything is checked before a weight is read: the device, the dtype, the checkp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError
@@ -121,18 +122,48 @@ def _load_weights(
         ValueError: If the device needs the accelerate package and it is missing.
     """
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             path,
             config=config,
             use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
             device_map=SPREAD if device == SPREAD else None,
+            output_loading_info=True,
         )
     except (OSError, SafetensorError) as err:
         raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
     except ImportError as err:  # device_map without accelerate
         raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
+    except RuntimeError as err:  # a tensor whose shape the config does not give
+        raise ModelSpecError(f"{path}: its weights do not match config.json: {err}") from err
+    model, info = cast("tuple[PreTrainedModel, dict[str, list]]", loaded)
+    _check_tensors(path, info)
+    return model
+
+
+def _check_tensors(path: Path, info: dict[str, list]) -> None:
+    """Refuse weights that do not match the config tensor for tensor: a tensor the model needs
+    that the checkpoint lacks would be left randomly initialized, and one it has that the model
+    does not use (a config with fewer layers) would be dropped.
+
+    Raises:
+        ModelSpecError: Naming the missing, unexpected or mis-shaped tensors.
+    """
+    problems = []
+    for key, what in (
+        ("missing_keys", "missing from the checkpoint (they would be random)"),
+        ("unexpected_keys", "in the checkpoint but not in the model config.json describes"),
+        ("mismatched_keys", "shaped differently from config.json"),
+    ):
+        names = sorted(str(n[0] if isinstance(n, tuple) else n) for n in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} tensors {what}: {shown}")
+    if problems:
+        raise ModelSpecError(
+            f"{path}: the weights do not match config.json: " + "; ".join(problems)
+        )
 
 
 def _check_vocabulary(
