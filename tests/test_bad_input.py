@@ -232,6 +232,20 @@ LIBRARY = [
         "item 1 must be a non-empty string, got null",
     ),
     case(
+        "facts: a distractor is the object",
+        facts_file(jsonl(record(distractors=["Oslo", " rome"]))),
+        FactFormatError,
+        "facts.jsonl:1: field 'distractors'",
+        "distractor 1 ' rome' is the same as the object",
+    ),
+    case(
+        "facts: a distractor is repeated",
+        facts_file(jsonl(record(distractors=["Oslo", "Paris", "oslo"]))),
+        FactFormatError,
+        "field 'distractors'",
+        "distractor 2 'oslo' is the same as distractor 0",
+    ),
+    case(
         "facts: duplicate id",
         facts_file(jsonl(FACT, record(id="b"), FACT)),
         FactFormatError,

@@ -124,7 +124,7 @@ class Fact:
         """
         if not isinstance(d, Mapping):
             raise FactFormatError(f"expected a JSON object, got {_kind(d)}", path=path, line=line)
-        return cls(
+        fact = cls(
             id=_required_text(d, "id", path, line),
             subject=_required_text(d, "subject", path, line),
             relation=_required_text(d, "relation", path, line),
@@ -137,6 +137,29 @@ class Fact:
             split=_optional_text(d, "split", path, line),
             metadata={key: value for key, value in d.items() if key not in _FIELD_NAMES},
         )
+        _check_distractors(fact, path, line)
+        return fact
+
+
+def _check_distractors(fact: Fact, path: str | Path | None, line: int | None) -> None:
+    """Refuse distractors that make p̂ meaningless: the answer itself, or one given twice.
+
+    Raises:
+        FactFormatError: Naming the distractor, at the fact's line and field.
+    """
+    seen = {fact.object.strip().casefold(): "the object"}
+    for position, distractor in enumerate(fact.distractors):
+        key = distractor.strip().casefold()
+        if key in seen:
+            raise FactFormatError(
+                f"distractor {position} {distractor!r} is the same as {seen[key]}: an option "
+                "equal to the answer or to another option makes the normalized probability "
+                "meaningless",
+                path=path,
+                line=line,
+                field="distractors",
+            )
+        seen[key] = f"distractor {position}"
 
 
 _LIST_FIELDS = ("paraphrases", "aliases", "distractors")
