@@ -16,9 +16,15 @@ import pytest
 
 from unlearncheck import assert_forgotten, assert_retained
 from unlearncheck.attacks import direct
+from unlearncheck.claims import fact_verdict
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.runlog import read_runlog
-from unlearncheck.verdict import ForgettingAssertionError, InconclusiveError, Verdict
+from unlearncheck.verdict import (
+    AttackOutcome,
+    ForgettingAssertionError,
+    InconclusiveError,
+    Verdict,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -143,6 +149,35 @@ def test_an_original_that_knows_nothing_makes_every_fact_inconclusive(
         assert "original model does not know" in fact.reason
     verdicts, _ = _logged(log)
     assert [v["status"] for v in verdicts] == ["INCONCLUSIVE", "INCONCLUSIVE"]
+
+
+def test_facts_the_original_never_knew_are_never_failed(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """The trained model states every fact (its direct probes are recovered), but the original
+    given, the random model, knows none of them: INCONCLUSIVE, not FAIL."""
+    verdict = assert_forgotten(
+        str(trained),
+        homes,
+        [direct],
+        original=str(tiny_checkpoint),
+        on_inconclusive="return",
+        runlog=tmp_path / "run.jsonl",
+    )
+    assert verdict.status == "INCONCLUSIVE"
+    for fact in verdict.facts:
+        assert fact.status == "INCONCLUSIVE" and "original model does not know" in fact.reason
+
+
+def test_a_recovery_of_what_the_original_never_knew_is_inconclusive_not_fail() -> None:
+    """One probe may survive the exclusion of what the original does not answer and come out
+    significant; the original's ignorance still decides the fact."""
+    fact = _fact("red king", "paris")
+    recovered = AttackOutcome("direct", "recovered", p_value=0.03, effect=0.4, significant=True)
+    unknown = AttackOutcome("original knows", "not recovered", reason="p=0.41")
+    verdict = fact_verdict(fact, [recovered], unknown)
+    assert verdict.status == "INCONCLUSIVE" and "original model does not know" in verdict.reason
+    assert fact_verdict(fact, [recovered], None).status == "FAIL"  # no original: it counts
 
 
 def test_assert_retained_passes_the_trained_model_and_fails_the_random_one(

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Unpack
 
-__all__ = ["assert_forgotten", "assert_retained"]
+__all__ = ["assert_forgotten", "assert_retained", "fact_verdict"]
 
 
 def assert_forgotten(
@@ -70,9 +70,7 @@ def assert_forgotten(
         known = claim.judge_base("original knows", "original", claim.context.claim)
     claim.correct(results)
     verdicts = [
-        _fact_verdict(
-            fact, [results[a.name].outcomes[fact.id] for a in attacks], known.get(fact.id)
-        )
+        fact_verdict(fact, [results[a.name].outcomes[fact.id] for a in attacks], known.get(fact.id))
         for fact in claim.facts
     ]
     config = claim.config(attacks=[a.name for a in attacks])
@@ -121,14 +119,14 @@ def _claim_status(verdicts: list[FactVerdict]) -> Status:
     )
 
 
-def _fact_verdict(
+def fact_verdict(
     fact: Fact, outcomes: list[AttackOutcome], original_knows: AttackOutcome | None
 ) -> FactVerdict:
-    """A fact's verdict: FAIL when an attack recovered it; INCONCLUSIVE when the original does
-    not know it (or could not be asked), or an attack that had to run did not; else PASS."""
+    """A fact's verdict: INCONCLUSIVE when the original does not know it (or could not be asked),
+    whatever the attacks say (forgetting what was never known proves nothing, and recovering it
+    is no failure of unlearning); else FAIL when an attack recovered it; INCONCLUSIVE when an
+    attack that had to run did not; else PASS."""
     recovered = [o.attack for o in outcomes if o.significant]
-    if recovered:
-        return FactVerdict(fact.id, "FAIL", f"recovered by {', '.join(recovered)}", outcomes)
     if original_knows is not None and original_knows.blocking:
         return FactVerdict(
             fact.id,
@@ -144,6 +142,8 @@ def _fact_verdict(
             f"nothing ({original_knows.reason})",
             outcomes,
         )
+    if recovered:
+        return FactVerdict(fact.id, "FAIL", f"recovered by {', '.join(recovered)}", outcomes)
     blocked = [
         f"{o.attack} ({o.reason})" for o in outcomes if o.outcome == "not run" and o.blocking
     ]
