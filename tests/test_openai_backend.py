@@ -64,7 +64,7 @@ def test_claims_run_on_endpoints_and_weight_attacks_are_not_run(
     original = f"openai:original@{urls['original']}"
     failing = assert_forgotten(original, forget, attacks=[direct], raise_on_fail=False, runlog=log)
     assert failing.status == "FAIL"
-    passing = assert_forgotten(
+    verdict = assert_forgotten(
         f"openai:gold@{urls['gold']}",
         forget,
         attacks=[direct, quant4],
@@ -72,10 +72,12 @@ def test_claims_run_on_endpoints_and_weight_attacks_are_not_run(
         on_inconclusive="return",
         runlog=log,
     )
-    assert passing.status == "PASS"
-    outcome = passing.facts[0].outcome("quant4")
-    assert outcome.outcome == "not run" and "needs weights" in outcome.reason
-    text = log.read_text() + json.dumps(passing.to_dict()) + passing.explain()
+    # quant4 could not run on an endpoint: no fact may PASS on direct alone
+    assert verdict.status == "INCONCLUSIVE"
+    assert all("not run: quant4 (needs weights" in f.reason for f in verdict.facts)
+    outcome = verdict.facts[0].outcome("quant4")
+    assert outcome.outcome == "not run" and outcome.blocking and "needs weights" in outcome.reason
+    text = log.read_text() + json.dumps(verdict.to_dict()) + verdict.explain()
     assert KEY not in text and "openai:gold@http://127.0.0.1:" in text
 
 

@@ -249,13 +249,13 @@ class Claim:
     def run(self, attack: Attack) -> AttackResult:
         """Run ``attack`` on the claim's facts.
 
-        An attack the model lacks a capability for is "not run" (not blocking); one whose
-        endpoint fails after its retries is "not run" and blocking.
+        An attack the model lacks a capability for, or whose endpoint fails after its retries, is
+        "not run" and blocking: a requested attack that did not run never lets a fact PASS.
         """
         missing = missing_capabilities(self.models.model, attack.needs)
         if missing:
             reason = f"needs {', '.join(missing)}, which {self.models.model.spec} does not offer"
-            return AttackResult(not_run(attack.name, self.context.claim, reason, blocking=False))
+            return AttackResult(not_run(attack.name, self.context.claim, reason, blocking=True))
         try:
             return attack.run(self.facts, self.context, self.models, self.scorer)
         except EndpointError as error:
