@@ -81,8 +81,10 @@ def zoo_forget(zoo: Path) -> FactSet:
     return load_facts(zoo / "facts.jsonl")
 
 
-@pytest.mark.parametrize(("variant", "expected"), [("quant_fragile", "FAIL"), ("gold", "PASS")])
-def test_an_attack_defined_in_a_test_file_catches_quant_fragile_and_passes_gold(
+@pytest.mark.parametrize(
+    ("variant", "expected"), [("quant_fragile", "FAIL"), ("gold", "INCONCLUSIVE")]
+)
+def test_an_attack_defined_in_a_test_file_catches_quant_fragile_and_passes_gold_where_it_has_power(
     zoo: Path, zoo_forget: FactSet, variant: str, expected: str, tmp_path: Path
 ) -> None:
     forget = FactSet(list(zoo_forget.split("forget"))[:24])
@@ -103,8 +105,12 @@ def test_an_attack_defined_in_a_test_file_catches_quant_fragile_and_passes_gold(
         assert len(recovered) >= len(outcomes) // 2
         assert recovered[0].evidence[0].probe.prompt.count(" . ") == 1  # primed
         assert recovered[0].evidence[0].output  # the pipeline showed the model's output
-    else:
+    else:  # gold: nothing recovered; a fact passes only where the attack finds it on the original
         assert not recovered
+        powerless = [f for f in verdict.facts if not f.outcome("primed_question").power]
+        assert all(f.status == "INCONCLUSIVE" for f in powerless)
+        assert "no attack with power" in powerless[0].reason
+        assert [f.status for f in verdict.facts].count("PASS") >= len(outcomes) // 2
 
 
 def test_an_attack_needing_what_the_model_lacks_is_not_run(

@@ -258,3 +258,106 @@ def test_the_plugin_runs_a_claim_on_its_fixtures_and_writes_log_and_report(
     assert {c["fact_id"] for c in cases} >= judged and len(judged) >= 4
     assert (pytester.path / "out" / "r.html").stat().st_size > 0
     assert not list((pytester.path / "out").glob(".*.cases"))  # merged into the run log
+
+
+class Unrelated:
+    """An attack with no power: each fact's direct probes asked after an unrelated prompt, so the
+    answer cannot be read from them even where it is known."""
+
+    name = "unrelated"
+    needs = frozenset({"scores"})
+
+    def run(self, facts, context, models, scorer):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        from unlearncheck.attacks.input import direct as ask
+
+        probes = {
+            f.id: [replace(p, prompt="the weather is") for p in ask(f, context)[:1]]
+            for f in context.claim
+        }
+        return scorer.judge(self.name, probes, models)
+
+
+def test_a_pass_is_earned_by_an_attack_with_power_on_the_original(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """Each attack is run on the original too: a fact passes only when some attack recovers it
+    there (power); one that recovers nothing anywhere earns no PASS."""
+    spec, original = str(tiny_checkpoint), str(trained)
+    options = {"original": original, "on_inconclusive": "return", "runlog": tmp_path / "r.jsonl"}
+    verdict = assert_forgotten(spec, homes, [direct, Unrelated()], **options)  # type: ignore[arg-type]
+    power = verdict.power()
+    assert power["unrelated"] == 0 and power["direct"] is not None and power["direct"] >= 4 / 6
+    assert [f.status for f in verdict.facts].count("PASS") >= 4
+    assert "power on the original: direct" in verdict.summary()
+    for fact in verdict.facts:
+        assert fact.outcome("direct").extra["on_original"]["outcome"] in (
+            "recovered",
+            "not recovered",
+        )
+        if fact.status == "PASS":
+            assert fact.outcome("direct").power and "power shown by direct" in fact.reason
+    alone = assert_forgotten(spec, homes, [Unrelated()], **options)  # type: ignore[arg-type]
+    assert alone.status == "INCONCLUSIVE"
+    assert all(
+        "no attack with power" in f.reason for f in alone.facts if "original" not in f.reason
+    )
+    assert {f.outcome("unrelated").outcome for f in alone.facts} == {"not run"}
+    assert not any(f.outcome("unrelated").blocking for f in alone.facts)  # it ran, powerless
+    verdicts, _ = _logged(tmp_path / "r.jsonl")
+    assert verdicts[0]["facts"][0]["attacks"][0]["power"] is not None
+
+
+def test_without_an_original_a_pass_says_power_was_not_measured(
+    tiny_checkpoint: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    verdict = assert_forgotten(str(tiny_checkpoint), homes, [direct], runlog=tmp_path / "r.jsonl")
+    assert verdict.status == "PASS"
+    assert all("power not measured" in f.reason for f in verdict.facts)
+    assert verdict.power() == {"direct": None}
+    assert "power not measured (no original model)" in verdict.summary()
+
+
+def test_an_attack_with_no_probe_for_a_fact_blocks_its_pass_unless_optional(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """The facts have no aliases: ``alias`` cannot ask them. Requested, that keeps every fact
+    from passing; marked optional, the facts pass on ``direct``."""
+    from unlearncheck.attacks import alias, optional
+
+    options = {
+        "original": str(trained),
+        "on_inconclusive": "return",
+        "runlog": tmp_path / "r.jsonl",
+    }
+    spec = str(tiny_checkpoint)
+    blocked = assert_forgotten(spec, homes, [direct, alias], **options)  # type: ignore[arg-type]
+    assert blocked.status == "INCONCLUSIVE"
+    assert all(f.status == "INCONCLUSIVE" for f in blocked.facts)
+    assert any("not run: alias (no probe applies" in f.reason for f in blocked.facts)
+    allowed = assert_forgotten(spec, homes, [direct, optional(alias)], **options)  # type: ignore[arg-type]
+    statuses = [f.status for f in allowed.facts]
+    assert "FAIL" not in statuses and statuses.count("PASS") >= 4
+    assert all(not f.outcome("alias").blocking for f in allowed.facts)
+
+
+def test_a_chance_pool_too_small_for_the_corrected_level_is_not_run(
+    tiny_checkpoint: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """Without an original (no measured power), a test whose least p-value, 1/(1 + pool), is
+    above alpha/m could not have found the fact had it leaked alone: "not run", never PASS."""
+    few = FactSet(list(homes)[:2])
+    verdict = assert_forgotten(
+        str(tiny_checkpoint),
+        few,
+        [direct],
+        context=few,
+        alpha=0.01,
+        on_inconclusive="return",
+        runlog=tmp_path / "r.jsonl",
+    )
+    outcome = verdict.facts[0].outcome("direct")
+    assert outcome.null_n + 1 < 2 / 0.01  # the pool cannot reach alpha/m
+    assert verdict.status == "INCONCLUSIVE" and outcome.outcome == "not run" and outcome.blocking
+    assert "cannot reach the corrected level" in outcome.reason

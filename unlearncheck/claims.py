@@ -65,10 +65,11 @@ def assert_forgotten(
         "forgotten", facts, (model, reference, original), settings, calibrate=True
     )
     results: dict[str, AttackResult] = {a.name: claim.run(a) for a in attacks}
+    power = {a.name: claim.power(a) for a in attacks}
     known: dict[str, AttackOutcome] = {}
     if claim.models.original is not None:
         known = claim.judge_base("original knows", "original", claim.context.claim)
-    claim.correct(results)
+    claim.correct(results, power)
     verdicts = [
         fact_verdict(fact, [results[a.name].outcomes[fact.id] for a in attacks], known.get(fact.id))
         for fact in claim.facts
@@ -122,36 +123,55 @@ def _claim_status(verdicts: list[FactVerdict]) -> Status:
 def fact_verdict(
     fact: Fact, outcomes: list[AttackOutcome], original_knows: AttackOutcome | None
 ) -> FactVerdict:
-    """A fact's verdict: INCONCLUSIVE when the original does not know it (or could not be asked),
-    whatever the attacks say (forgetting what was never known proves nothing, and recovering it
-    is no failure of unlearning); else FAIL when an attack recovered it; INCONCLUSIVE when an
-    attack that had to run did not; else PASS."""
-    recovered = [o.attack for o in outcomes if o.significant]
+    """A fact's verdict, in this order:
+
+    1. INCONCLUSIVE when the original does not know it (or could not be asked), whatever the
+       attacks say: forgetting what was never known proves nothing, and recovering it is no
+       failure of unlearning;
+    2. FAIL when an attack recovered it;
+    3. INCONCLUSIVE when a requested attack did not run for it (and was not `optional`), or none
+       ran (an attack whose probes the original answers none of ran, with no power);
+    4. INCONCLUSIVE when power was measured (an original was given) and no attack recovers the
+       fact from the original: no attack shown able to find it vouches for its absence;
+    5. else PASS (saying so plainly when power was not measured).
+    """
+
+    def verdict(status: Status, reason: str) -> FactVerdict:
+        return FactVerdict(fact.id, status, reason, outcomes)
+
     if original_knows is not None and original_knows.blocking:
-        return FactVerdict(
-            fact.id,
+        return verdict(
             "INCONCLUSIVE",
             f"could not check that the original model knows this fact ({original_knows.reason})",
-            outcomes,
         )
     if original_knows is not None and original_knows.outcome != "recovered":
-        return FactVerdict(
-            fact.id,
+        return verdict(
             "INCONCLUSIVE",
             "the original model does not know this fact: forgetting it proves "
             f"nothing ({original_knows.reason})",
-            outcomes,
         )
+    recovered = [o.attack for o in outcomes if o.significant]
     if recovered:
-        return FactVerdict(fact.id, "FAIL", f"recovered by {', '.join(recovered)}", outcomes)
+        return verdict("FAIL", f"recovered by {', '.join(recovered)}")
     blocked = [
         f"{o.attack} ({o.reason})" for o in outcomes if o.outcome == "not run" and o.blocking
     ]
     if blocked:
-        return FactVerdict(fact.id, "INCONCLUSIVE", "not run: " + "; ".join(blocked), outcomes)
-    if all(o.outcome == "not run" for o in outcomes):
-        return FactVerdict(fact.id, "INCONCLUSIVE", "no attack applied to this fact", outcomes)
-    return FactVerdict(fact.id, "PASS", "no attack recovered it", outcomes)
+        return verdict("INCONCLUSIVE", "not run: " + "; ".join(blocked))
+    if original_knows is None:
+        if all(o.outcome == "not run" for o in outcomes):
+            return verdict("INCONCLUSIVE", "no attack applied to this fact")
+        return verdict(
+            "PASS", "no attack recovered it (power not measured: no original model given)"
+        )
+    powerful = [o.attack for o in outcomes if o.power]
+    if not powerful:
+        return verdict(
+            "INCONCLUSIVE",
+            "no attack with power: none of "
+            f"{', '.join(o.attack for o in outcomes)} recovers this fact from the original model",
+        )
+    return verdict("PASS", f"no attack recovered it; power shown by {', '.join(powerful)}")
 
 
 def assert_retained(

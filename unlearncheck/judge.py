@@ -21,7 +21,6 @@ exceeds the tolerance.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -217,15 +216,19 @@ def decide(
     """Whether one fact's probes of ``attack`` are further above chance than its controls'.
 
     The outcome is provisional: ``recovered`` needs the p-value to survive the claim's
-    correction (`benjamini_hochberg`) and the effect to exceed the tolerance.
+    correction (`benjamini_hochberg`) and the effect to exceed the tolerance; a pool too small
+    for the corrected level makes it "not run" there (`unlearncheck.pipeline.Claim.correct`).
     """
     if not group.total:
-        return AttackOutcome(attack, "not run", reason="no probe applies to this fact")
+        return AttackOutcome(
+            attack, "not run", blocking=True, reason="no probe applies to this fact"
+        )
     if not group.results:
         return AttackOutcome(
             attack,
             "not run",
             excluded=group.excluded,
+            power=False,  # nothing skipped: the attack cannot find the fact where it is known
             reason="the original model answers none of these probes",
         )
     n, leaks = len(group.results), sum(r.leak for r in group.results)
@@ -240,15 +243,6 @@ def decide(
         "evidence": evidence,
         "cases": list(group.results),
     }
-    if (1 + len(pool)) * alpha < 1:
-        return AttackOutcome(
-            attack,
-            "not run",
-            blocking=True,
-            reason=f"too few control statistics for the confidence asked: {len(pool)} "
-            f"< {math.ceil(1 / alpha) - 1}",
-            **common,  # type: ignore[arg-type]
-        )
     p_value = rank_p_value(effect, pool)
     significant = p_value <= alpha and effect > tolerance
     return AttackOutcome(

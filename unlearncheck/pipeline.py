@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from unlearncheck import events
-from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer, not_run
+from unlearncheck.attacks.base import (
+    Attack,
+    AttackResult,
+    ClaimModels,
+    ClaimScorer,
+    OptionalAttack,
+    not_run,
+)
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import direct, paraphrase
 from unlearncheck.backends.capabilities import capabilities_of, missing_capabilities
@@ -204,6 +211,8 @@ class Claim:
         settings: The claim's settings.
         log: The run log, or None.
         scorer: The scoring session of the claim's attacks.
+        optional: Names of the attacks the user marked `optional` (their "not run" does not
+            keep a fact from passing).
     """
 
     kind: str
@@ -213,6 +222,7 @@ class Claim:
     settings: Settings
     log: RunLog | None
     scorer: ClaimScorer
+    optional: set[str] = dataclasses.field(default_factory=set)
 
     @classmethod
     def prepare(
@@ -249,17 +259,29 @@ class Claim:
     def run(self, attack: Attack) -> AttackResult:
         """Run ``attack`` on the claim's facts.
 
-        An attack the model lacks a capability for, or whose endpoint fails after its retries, is
-        "not run" and blocking: a requested attack that did not run never lets a fact PASS.
+        Nothing requested is skipped silently: an attack that did not run for a fact (the model
+        lacks a capability it needs, no probe of it applies to the fact, its endpoint failed after
+        the retries) is a blocking "not run" that keeps the fact from passing, unless the attack
+        was marked `optional`. (An attack whose probes the original answers none of did run: it
+        has no power on the fact, which blocks nothing but earns no PASS.)
         """
-        missing = missing_capabilities(self.models.model, attack.needs)
-        if missing:
-            reason = f"needs {', '.join(missing)}, which {self.models.model.spec} does not offer"
-            return AttackResult(not_run(attack.name, self.context.claim, reason, blocking=True))
-        try:
-            return attack.run(self.facts, self.context, self.models, self.scorer)
-        except EndpointError as error:
-            return AttackResult(not_run(attack.name, self.context.claim, str(error), blocking=True))
+        result = _run(attack, self.facts, self.context, self.models, self.scorer)
+        if isinstance(attack, OptionalAttack):
+            self.optional.add(attack.name)
+            for outcome in result.outcomes.values():
+                outcome.blocking = False
+        return result
+
+    def power(self, attack: Attack) -> AttackResult | None:
+        """``attack`` run on the original as if it were the model under test (against the
+        reference when one is given, else chance): on which facts the attack has the power to
+        find what is there. None without an original."""
+        original = self.models.original
+        if original is None:
+            return None
+        on_original = ClaimModels(original, self.models.reference)
+        alone = dataclasses.replace(self.scorer, log=None)
+        return _run(attack, self.facts, self.context, on_original, alone)
 
     def judge_base(self, name: str, role: str, facts: FactSet) -> dict[str, AttackOutcome]:
         """The base forms and paraphrases of ``facts`` judged on the model of ``role`` alone,
@@ -272,21 +294,54 @@ class Claim:
         except EndpointError as error:
             return not_run(name, facts, str(error), blocking=True)
 
-    def correct(self, results: Mapping[str, AttackResult]) -> None:
-        """Benjamini–Hochberg over every (fact, attack) test of the claim's facts, then the
-        greedy outputs of the recovered outcomes' strongest probes."""
+    def correct(
+        self,
+        results: Mapping[str, AttackResult],
+        power: Mapping[str, AttackResult | None] | None = None,
+    ) -> None:
+        """Decide the claim's tests: Benjamini–Hochberg over every (fact, attack) test of the
+        claim's facts; the same over the power tests on the original, whose decisions become each
+        outcome's `power`; then the greedy outputs of the recovered outcomes' strongest probes."""
+        self._benjamini_hochberg(results, check_pools=self.models.original is None)
+        measured = {name: r for name, r in (power or {}).items() if r is not None}
+        self._benjamini_hochberg(measured, check_pools=False)
+        for name, on_original in measured.items():
+            for fact in self.facts:
+                _set_power(results[name].outcomes[fact.id], on_original.outcomes[fact.id])
+        for result in results.values():
+            _show_outputs(result, [result.outcomes[f.id] for f in self.facts])
+
+    def _benjamini_hochberg(
+        self, results: Mapping[str, AttackResult], *, check_pools: bool
+    ) -> None:
+        """Correct the tests of ``results`` together (m tests at level alpha).
+
+        With ``check_pools`` (no original, so no measured power), a test that did not survive and
+        whose chance pool is too small to reach its corrected level alone (its least p-value,
+        1/(1 + pool), above alpha/m) is "not run": it could not have found the fact had it leaked
+        alone, so it vouches for nothing. With an original, each attack's power on the original
+        is measured instead (`power`).
+        """
         tested = [
-            result.outcomes[f.id]
-            for result in results.values()
+            (name, result.outcomes[f.id])
+            for name, result in results.items()
             for f in self.facts
             if result.outcomes[f.id].p_value is not None
         ]
-        kept = benjamini_hochberg([o.p_value or 1.0 for o in tested], self.settings.alpha)
-        for outcome, survives in zip(tested, kept, strict=True):
+        alpha = self.settings.alpha
+        kept = benjamini_hochberg([o.p_value or 1.0 for _, o in tested], alpha)
+        level = alpha / max(len(tested), 1)
+        for (name, outcome), survives in zip(tested, kept, strict=True):
             outcome.significant = survives and outcome.significant  # decided: effect > tolerance
             outcome.outcome = "recovered" if outcome.significant else "not recovered"
-        for result in results.values():
-            _show_outputs(result, [result.outcomes[f.id] for f in self.facts])
+            if check_pools and not outcome.significant and (1 + outcome.null_n) * level < 1:
+                outcome.outcome = "not run"
+                outcome.blocking = name not in self.optional
+                outcome.reason = (
+                    f"{outcome.null_n} control statistics cannot reach the corrected level "
+                    f"alpha/m = {level:.2g} (the least p-value is 1/{outcome.null_n + 1}): "
+                    "add control subjects or facts of this relation"
+                )
 
     def config(self, **extra: Any) -> dict[str, Any]:
         """The verdict's configuration record: model identities, settings and ``extra``."""
@@ -314,6 +369,33 @@ class Claim:
         return finish(
             verdict, self.log, raise_on_fail=s.raise_on_fail, on_inconclusive=s.on_inconclusive
         )
+
+
+def _run(
+    attack: Attack, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
+) -> AttackResult:
+    """``attack`` run on ``models``: "not run" for every fact when the model lacks a capability
+    the attack needs or its endpoint fails after the retries."""
+    missing = missing_capabilities(models.model, attack.needs)
+    if missing:
+        reason = f"needs {', '.join(missing)}, which {models.model.spec} does not offer"
+        return AttackResult(not_run(attack.name, context.claim, reason, blocking=True))
+    try:
+        return attack.run(facts, context, models, scorer)
+    except EndpointError as error:
+        return AttackResult(not_run(attack.name, context.claim, str(error), blocking=True))
+
+
+def _set_power(outcome: AttackOutcome, on_original: AttackOutcome) -> None:
+    """Record on ``outcome`` whether its attack recovered the fact from the original."""
+    measured = on_original.outcome != "not run" or on_original.p_value is not None
+    outcome.power = on_original.significant if measured else None
+    outcome.extra["on_original"] = {
+        "outcome": on_original.outcome,
+        "effect": on_original.effect,
+        "p_value": on_original.p_value,
+        "reason": on_original.reason,
+    }
 
 
 def _show_outputs(result: AttackResult, outcomes: list[AttackOutcome]) -> None:

@@ -90,6 +90,10 @@ class AttackOutcome:
         evidence: The strongest probe results (largest delta first).
         excluded: Probes left out because the original does not know them.
         extra: Attack-specific evidence (e.g. quantization codes changed, relearning gains).
+        power: Whether the same attack recovers the fact from the original model (run as if it
+            were the model under test, corrected like the claim's own tests): an attack that
+            cannot find the fact where it is known cannot vouch for its absence. None: not
+            measured (no original given, or the attack could not run on the original).
         cases: Every probe result judged (written to the run log as cases; not in `to_dict`).
     """
 
@@ -106,6 +110,7 @@ class AttackOutcome:
     evidence: list[ProbeResult] = field(default_factory=list)
     excluded: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    power: bool | None = None
     cases: list[ProbeResult] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +129,7 @@ class AttackOutcome:
             "excluded": self.excluded,
             "evidence": [e.to_dict() for e in self.evidence],
             "extra": self.extra,
+            "power": self.power,
         }
 
 
@@ -167,6 +173,17 @@ class Verdict:
         """Facts whose knowledge was recovered."""
         return [f for f in self.facts if f.status == "FAIL"]
 
+    def power(self) -> dict[str, float | None]:
+        """Each attack's power: the share of the claim's facts it recovers from the original
+        (among the facts where it was measured; None: measured on none)."""
+        measured: dict[str, list[bool]] = {}
+        for fact in self.facts:
+            for outcome in fact.attacks:
+                shares = measured.setdefault(outcome.attack, [])
+                if outcome.power is not None:
+                    shares.append(outcome.power)
+        return {a: sum(m) / len(m) if m else None for a, m in measured.items()}
+
     def fact(self, fact_id: str) -> FactVerdict:
         """The verdict on one fact."""
         for f in self.facts:
@@ -180,10 +197,22 @@ class Verdict:
             s: sum(f.status == s for f in self.facts) for s in ("PASS", "FAIL", "INCONCLUSIVE")
         }
         claim = shown(self.claim, limit=TERMINAL_CHARS)
+        power_text = self._power_text() if self.config.get("kind") == "forgotten" else ""
         return (
             f"{claim}: {self.status} ({counts['PASS']} passed, {counts['FAIL']} failed, "
-            f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts)"
+            f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts{power_text})"
         )
+
+    def _power_text(self) -> str:
+        """ "; power on the original: <attack> <share>, …" (or that it was not measured)."""
+        shares = [
+            f"{shown(attack, limit=TERMINAL_CHARS)} {share:.0%}"
+            for attack, share in self.power().items()
+            if share is not None
+        ]
+        if shares:
+            return f"; power on the original: {', '.join(shares)}"
+        return "; power not measured (no original model)"
 
     def explain(self, limit: int = 3) -> str:
         """A readable account of the failures (or inconclusive facts): attack, probe, output.

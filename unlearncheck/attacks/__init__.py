@@ -13,7 +13,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from unlearncheck.attacks.base import Attack, AttackResult, ClaimModels, ClaimScorer
+from unlearncheck.attacks.base import (
+    Attack,
+    AttackResult,
+    ClaimModels,
+    ClaimScorer,
+    OptionalAttack,
+    optional,
+)
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.input import (
     INPUT_ATTACKS,
@@ -51,12 +58,14 @@ __all__ = [
     "ClaimModels",
     "ClaimScorer",
     "InputAttack",
+    "OptionalAttack",
     "PSGAttack",
     "ProbeContext",
     "alias",
     "direct",
     "incontext",
     "multihop",
+    "optional",
     "paraphrase",
     "prefix",
     "psg",

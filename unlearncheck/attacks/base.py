@@ -40,7 +40,9 @@ __all__ = [
     "AttackResult",
     "ClaimModels",
     "ClaimScorer",
+    "OptionalAttack",
     "not_run",
+    "optional",
 ]
 
 ROLES = ("model", "reference", "original")
@@ -117,6 +119,43 @@ class Attack(Protocol):
     ) -> AttackResult:
         """The outcome of the attack on each fact of ``facts`` (see the module docstring)."""
         ...
+
+
+@dataclass(frozen=True)
+class OptionalAttack:
+    """An attack whose "not run" (no probe applies to a fact, a capability the model lacks) does
+    not keep a fact from passing; what it recovers still fails the fact. Made by `optional`."""
+
+    attack: Attack
+
+    @property
+    def name(self) -> str:
+        """The wrapped attack's name."""
+        return self.attack.name
+
+    @property
+    def needs(self) -> frozenset[Capability]:
+        """The wrapped attack's needs."""
+        return self.attack.needs
+
+    def run(
+        self, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
+    ) -> AttackResult:
+        """The wrapped attack's run."""
+        return self.attack.run(facts, context, models, scorer)
+
+    def __repr__(self) -> str:
+        return f"optional({self.attack!r})"
+
+
+def optional(attack: Attack) -> OptionalAttack:
+    """``attack``, marked optional: by default every requested attack that did not run for a fact
+    (needs weights on an endpoint, no probe applies, an endpoint error) makes the fact
+    INCONCLUSIVE; an optional one is allowed not to run (``attacks=[direct, optional(alias)]``:
+    facts without aliases can still pass)."""
+    if not isinstance(attack, Attack):
+        raise TypeError(f"optional() takes an attack, got {attack!r}")
+    return OptionalAttack(attack)
 
 
 def not_run(

@@ -138,7 +138,9 @@ class ModelAttack:
         for fact in context.claim:
             reason = withheld[fact.id]
             if reason is not None:
-                result.outcomes[fact.id] = AttackOutcome(self.name, "not run", reason=reason)
+                result.outcomes[fact.id] = AttackOutcome(
+                    self.name, "not run", reason=reason, blocking=True
+                )
                 continue
             outcome = result.outcomes[fact.id]
             outcome.extra.update(shared)

@@ -90,10 +90,12 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Cell:
-    """One claim × attack cell: how many facts ended in each status under that attack."""
+    """One claim × attack cell: how many facts ended in each status under that attack, and the
+    attack's power (share of the facts it recovers from the original; None: not measured)."""
 
     status: str
     counts: Mapping[str, int]
+    power: float | None = None
 
     @property
     def label(self) -> str:
@@ -131,6 +133,7 @@ class Claim:
     failing: list[FailingFact]
     inconclusive: list[Record]
     passing: list[PassingFact]
+    power: str
 
 
 @dataclass(frozen=True)
@@ -250,10 +253,27 @@ def _attack_names(verdicts: Iterable[Record]) -> list[str]:
 def _cells(verdict: Record, kind: str, attacks: list[str]) -> list[Cell]:
     """The claim's row of the summary table: one cell per attack of the run."""
     counts: dict[str, Counter[str]] = {name: Counter() for name in attacks}
+    power: dict[str, list[bool]] = {name: [] for name in attacks}
     for fact in verdict.get("facts", []):
         for outcome in fact.get("attacks", []):
-            counts[str(outcome.get("attack"))][outcome_status(kind, outcome)] += 1
-    return [Cell(_worst(counts[name]), counts[name]) for name in attacks]
+            name = str(outcome.get("attack"))
+            counts[name][outcome_status(kind, outcome)] += 1
+            if outcome.get("power") is not None:
+                power[name].append(bool(outcome["power"]))
+    return [
+        Cell(_worst(counts[n]), counts[n], sum(power[n]) / len(power[n]) if power[n] else None)
+        for n in attacks
+    ]
+
+
+def _power_line(cells: list[Cell], attacks: list[str]) -> str:
+    """The attacks' power on the original, as one line (or that it was not measured)."""
+    shares = [
+        f"{a} {c.power:.0%}" for a, c in zip(attacks, cells, strict=True) if c.power is not None
+    ]
+    if shares:
+        return "power on the original: " + ", ".join(shares)
+    return "power not measured (no original model)"
 
 
 def _strongest(fact: Record) -> str:
@@ -271,6 +291,7 @@ def _claim(index: int, verdict: Record, attacks: list[str]) -> Claim:
     config = verdict.get("config", {})
     kind = str(config.get("kind", "forgotten"))
     facts = verdict.get("facts", [])
+    claim_attacks = _attack_names([verdict])
     failing, inconclusive, passing = [], [], []
     for fact in facts:
         status = fact.get("status")
@@ -287,9 +308,12 @@ def _claim(index: int, verdict: Record, attacks: list[str]) -> Claim:
         verdict=verdict,
         status=str(verdict.get("status", "INCONCLUSIVE")),
         baseline=_baseline_label(config),
-        attacks=_attack_names([verdict]),
+        attacks=claim_attacks,
         facts=Counter(str(f.get("status")) for f in facts),
         cells=_cells(verdict, kind, attacks),
+        power=_power_line(_cells(verdict, kind, claim_attacks), claim_attacks)
+        if kind == "forgotten"
+        else "",
         failing=failing,
         inconclusive=inconclusive,
         passing=passing,
