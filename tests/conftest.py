@@ -78,6 +78,11 @@ SESSION_TESTS = {
         "test_cli_wins_over_ini_which_wins_over_conftest_defaults",
         "test_each_xdist_worker_sees_only_its_gpu",
     },
+    "test_inconclusive_mode.py": {
+        "test_an_inconclusive_claim_fails_its_test_by_default",
+        "test_the_warning_can_be_made_an_error_again",
+        "test_warn_from_the_ini_file_works_under_xdist",
+    },
     "test_score_cache.py": {"test_a_killed_run_resumes_without_losing_a_committed_score"},
     "test_untrusted_output.py": {
         "test_a_pytest_run_with_untrusted_text_prints_and_writes_it_inertly"

@@ -8,6 +8,8 @@ exposes the hooks and fixtures of its modules:
 - `unlearncheck.pytest_plugin.fixtures`: ``unlearned``, ``original``, ``reference``, ``facts``,
   ``generator``, ``uc_options``, model loading, each xdist worker's GPU;
 - `unlearncheck.pytest_plugin.evidence`: the verdicts of each test on its report;
+- `unlearncheck.pytest_plugin.inconclusive`: ``--uc-inconclusive``, whether an INCONCLUSIVE claim
+  fails its test or passes it with an `InconclusiveClaimWarning`;
 - `unlearncheck.pytest_plugin.reporting`: case logs, run log, HTML report, terminal summary.
 
 Loading it imports neither torch nor transformers (models load inside the fixtures), and a
@@ -41,6 +43,7 @@ from unlearncheck.pytest_plugin.fixtures import (
     unlearned,
     worker_gpu,
 )
+from unlearncheck.pytest_plugin.inconclusive import InconclusiveClaimWarning, pytest_pyfunc_call
 from unlearncheck.pytest_plugin.options import (
     DEFAULT_REPORT,
     Options,
@@ -69,6 +72,7 @@ __all__ = [
     "SESSION_ENV",
     "SUMMARY_CHARS",
     "Collector",
+    "InconclusiveClaimWarning",
     "Options",
     "default_cache",
     "facts",
@@ -77,6 +81,7 @@ __all__ = [
     "original",
     "pytest_addoption",
     "pytest_configure",
+    "pytest_pyfunc_call",
     "pytest_runtest_makereport",
     "pytest_runtest_protocol",
     "pytest_sessionstart",

@@ -53,7 +53,15 @@ _OPTIONS = (
         "(the generator fixture's llm_paraphrase, llm_alias); key from $OPENAI_API_KEY",
     ),
     ("generator-model", "model name of the generator LLM at --uc-generator-url"),
+    (
+        "inconclusive",
+        "what an INCONCLUSIVE claim does to its test: fail (default) or warn (the test passes "
+        "with an InconclusiveClaimWarning; the claim still counts INCONCLUSIVE in the summary "
+        "and report)",
+    ),
 )
+#: The allowed values of the options that take one of a few words.
+_CHOICES = {"inconclusive": ("fail", "warn")}
 #: (name, help) of every switch: ``--uc-<name>`` on the command line, ``uc_<name> = true`` in the
 #: ini file.
 _FLAGS = (
@@ -90,6 +98,9 @@ class Options:
         trust_remote_code: Run the code checkpoints ship.
         generator_url: Base URL of the generator LLM's API (None: no generator LLM).
         generator_model: The generator LLM's model name.
+        inconclusive: What an INCONCLUSIVE claim (`unlearncheck.verdict.InconclusiveError`
+            leaving the test function) does to its test: ``fail`` it, or ``warn`` and pass it
+            (`unlearncheck.pytest_plugin.inconclusive`).
     """
 
     model: str | None = None
@@ -106,6 +117,7 @@ class Options:
     trust_remote_code: bool = False
     generator_url: str | None = None
     generator_model: str | None = None
+    inconclusive: Literal["fail", "warn"] = "fail"
 
 
 _DEFAULTS = pytest.StashKey[dict[str, str]]()
@@ -122,7 +134,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Options ``--uc-*`` in one group, each with an ini key ``uc_*`` (the option wins)."""
     group = parser.getgroup("unlearncheck", "unlearning claims (unlearncheck)")
     for name, help_text in _OPTIONS:
-        group.addoption(f"--uc-{name}", dest=_dest(name), default=None, help=help_text)
+        # An option of a few words shows them: --uc-inconclusive=fail|warn.
+        extra = {"metavar": "|".join(_CHOICES[name])} if name in _CHOICES else {}
+        group.addoption(f"--uc-{name}", dest=_dest(name), default=None, help=help_text, **extra)
         parser.addini(_dest(name), help_text, type="string", default="")
     for name, help_text in _FLAGS:
         group.addoption(
@@ -161,16 +175,20 @@ class _Values:
         defaults = config.stash.get(_DEFAULTS, {})
         ini_base = config.inipath.parent if config.inipath else config.rootpath
         self.values: dict[str, tuple[str, Path]] = {}  # key -> (value, base of a relative path)
+        self.origins: dict[str, str] = {}  # key -> where its value was set, for error messages
         for name, _ in (*_OPTIONS, *_FLAGS):
             key, dest = name.replace("-", "_"), _dest(name)
             cli = config.getoption(dest)
             ini = str(config.getini(dest) or "")
             if cli is not None:
                 self.values[key] = (str(cli), config.invocation_params.dir)
+                self.origins[key] = f"--uc-{name}"
             elif ini:
                 self.values[key] = (ini, ini_base)
+                self.origins[key] = f"ini key {dest}"
             elif key in defaults:
                 self.values[key] = (defaults[key], config.rootpath)
+                self.origins[key] = f"set_defaults({key}=…)"
 
     def text(self, key: str) -> str | None:
         return self.values[key][0] if key in self.values else None
@@ -191,6 +209,22 @@ class _Values:
             message = f"--uc-{key.replace('_', '-')}: not an integer: {value!r}"
             raise pytest.UsageError(message) from None
 
+    def choice(self, key: str) -> str:
+        """The value of an option of `_CHOICES` (its first choice when not set).
+
+        Raises:
+            pytest.UsageError: Naming where the value was set and the allowed values.
+        """
+        allowed = _CHOICES[key]
+        value = self.text(key)
+        if value is None:
+            return allowed[0]
+        if value.strip().lower() not in allowed:
+            raise pytest.UsageError(
+                f"{self.origins[key]}: expected {' or '.join(allowed)}, got {value!r}"
+            )
+        return value.strip().lower()
+
     def switch(self, key: str) -> bool:
         value = (self.text(key) or "false").lower()
         if value not in (*_TRUE, *_FALSE):
@@ -202,6 +236,7 @@ def _resolve(config: pytest.Config) -> Options:
     """Command line (paths relative to the invocation directory), ini (relative to the ini file),
     conftest defaults and built-in defaults (relative to the rootdir), in that order."""
     values = _Values(config)
+    inconclusive = values.choice("inconclusive")  # refused before default_cache imports torch
     report = values.path("report") or config.rootpath / DEFAULT_REPORT
     text = values.text
     return Options(
@@ -219,6 +254,7 @@ def _resolve(config: pytest.Config) -> Options:
         trust_remote_code=values.switch("trust_remote_code"),
         generator_url=text("generator_url"),
         generator_model=text("generator_model"),
+        inconclusive="warn" if inconclusive == "warn" else "fail",
     )
 
 
