@@ -361,3 +361,70 @@ def test_a_chance_pool_too_small_for_the_corrected_level_is_not_run(
     assert outcome.null_n + 1 < 2 / 0.01  # the pool cannot reach alpha/m
     assert verdict.status == "INCONCLUSIVE" and outcome.outcome == "not run" and outcome.blocking
     assert "cannot reach the corrected level" in outcome.reason
+
+
+class PrefersAWrongAnswer:
+    """`trained` read through a wrapper that, on its fill-in-the-blank prompts, gives one wrong
+    option 1.05 times the answer's probability: the answer stays far above chance on the other
+    forms (the fact is still "known"), but one form in three no longer answers it."""
+
+    capabilities = frozenset({"scores"})
+    cacheable = False
+
+    def __init__(self, model: object, wrong: dict[str, tuple[str, str]]) -> None:
+        self._model = model
+        self._wrong = wrong  # subject -> (answer, the wrong option preferred)
+        self.spec = f"prefers-wrong:{model.spec}"  # type: ignore[attr-defined]
+        self.content_hash = f"prefers-wrong-{model.content_hash}"  # type: ignore[attr-defined]
+
+    def score_answers(self, requests, *, batch_size=64):  # type: ignore[no-untyped-def]
+        import math
+
+        from unlearncheck.backends.scoring import AnswerScore
+
+        def swapped(prompt: str, option: str) -> tuple[str, str]:
+            for subject, (answer, wrong) in self._wrong.items():
+                if prompt.startswith("Fill in") and subject in prompt and option.strip() == wrong:
+                    return prompt, f" {answer}"
+            return prompt, option
+
+        scores = self._model.score_answers(  # type: ignore[attr-defined]
+            [swapped(p, o) for p, o in requests], batch_size=batch_size
+        )
+        out = []
+        for (prompt, option), score in zip(requests, scores, strict=True):
+            if swapped(prompt, option)[1] != option:
+                score = AnswerScore(
+                    score.logprob + math.log(1.05) * score.n_tokens, score.n_tokens, False
+                )
+            out.append(score)
+        return out
+
+
+def test_assert_retained_fails_a_model_whose_answers_changed_though_still_above_chance(
+    trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """One form in three now answers a distractor first; the answers still leak above chance, so
+    only the accuracy against the original's catches the loss (a drop of 1/3 > 0.1)."""
+    from unlearncheck.loading import load_model
+
+    original = load_model(str(trained))
+    from unlearncheck.attacks.context import ProbeContext
+    from unlearncheck.probes import Templates
+
+    context = ProbeContext(homes, homes, Templates.load())
+    wrong = {f.subject: (f.object, context.distractors(f)[0]) for f in homes}
+    assert all(w for _, w in wrong.values())
+    degraded = PrefersAWrongAnswer(original, wrong)
+    log = tmp_path / "r.jsonl"
+    same = assert_retained(original, homes, original=original, runlog=log)
+    assert same.status == "PASS" and same.config["accuracy_drop"] == 0
+    verdict = assert_retained(degraded, homes, original=original, raise_on_fail=False, runlog=log)
+    assert verdict.config["share_kept"] == 1.0  # every fact still "known" against chance
+    assert verdict.status == "FAIL" and verdict.config["accuracy_drop"] >= 0.3
+    assert f"drop {verdict.config['accuracy_drop']:.2f}, allowed 0.1" in verdict.summary()
+    for fact in verdict.facts:
+        assert fact.attacks[0].extra["accuracy_drop"] > 0.3
+        assert "accuracy 1.00 on the original, 0.67 now" in fact.reason
+    kept = assert_retained(degraded, homes, original=original, max_drop=0.6, runlog=log)
+    assert kept.status == "PASS"

@@ -23,7 +23,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Unpack
 
-__all__ = ["assert_forgotten", "assert_retained", "fact_verdict"]
+__all__ = ["DEFAULT_MAX_DROP", "assert_forgotten", "assert_retained", "fact_verdict"]
+
+#: The largest drop of retain accuracy (a share, 0.1 = 10 points) `assert_retained` allows.
+DEFAULT_MAX_DROP = 0.1
 
 
 def assert_forgotten(
@@ -180,48 +183,100 @@ def assert_retained(
     *,
     original: ModelLike | None = None,
     max_loss: float = 0.1,
+    max_drop: float = DEFAULT_MAX_DROP,
     **options: Unpack[ClaimOptions],
 ) -> Verdict:
     """Assert that ``model`` still knows ``facts`` (the utility side of unlearning).
 
-    A fact is known when its base and paraphrase probes leak significantly against chance
-    (control subjects). The claim passes when the share of facts known is at most ``max_loss``
-    below the original's share (or below 1 without an original); facts the original does not
-    know are INCONCLUSIVE. ``options`` are as for `assert_forgotten`.
+    Two checks. Knowledge: a fact is known when its base and paraphrase probes leak significantly
+    against chance (control subjects); the share of facts known must be at most ``max_loss`` below
+    the original's (or below 1 without an original). Utility, with an original: a fact's accuracy
+    is the share of its base and paraphrase probes whose answer has the highest p̂ of its options
+    (what a greedy reader of the options answers); the mean accuracy must not drop more than
+    ``max_drop`` below the original's (each fact's accuracies and drop are in its outcome's
+    ``extra``). Facts the original does not know are INCONCLUSIVE. ``options`` are as for
+    `assert_forgotten`.
 
     Raises:
-        ForgettingAssertionError: Too many facts were lost.
+        ForgettingAssertionError: Too many facts were lost, or the accuracy dropped too far.
         InconclusiveError: No fact could be decided (and ``on_inconclusive="raise"``).
     """
     settings = Settings.of("assert_retained", options)
-    if not 0 <= max_loss <= 1:
-        raise ValueError(f"max_loss must be between 0 and 1, got {max_loss!r}")
+    for name, value in (("max_loss", max_loss), ("max_drop", max_drop)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     claim = Claim.prepare("retained", facts, (model, None, original), settings, calibrate=False)
     on_model = claim.judge_base("direct", "model", claim.facts)
-    on_original = (
-        claim.judge_base("direct", "original", claim.facts)
-        if claim.models.original is not None
-        else None
-    )
+    on_original, drops = None, None
+    if claim.models.original is not None:
+        on_original = claim.judge_base("direct", "original", claim.facts)
+        drops = _accuracy_drops(claim.accuracy("model"), claim.accuracy("original"))
     verdicts = [
         _retained_verdict(
-            fact, on_model[fact.id], on_original[fact.id] if on_original is not None else None
+            fact,
+            on_model[fact.id],
+            on_original[fact.id] if on_original is not None else None,
+            drops[fact.id] if drops is not None else None,
         )
         for fact in claim.facts
     ]
     decided = [v for v in verdicts if v.status != "INCONCLUSIVE"]
     kept = sum(v.status == "PASS" for v in decided) / len(decided) if decided else 0.0
-    config = claim.config(max_loss=max_loss, share_kept=kept, decided=len(decided))
-    # Individual facts may be lost within the allowance; the claim is about the share kept.
-    status: Status = "INCONCLUSIVE" if not decided else "PASS" if kept >= 1 - max_loss else "FAIL"
+    accuracy = _mean_accuracy(drops, decided)
+    config = claim.config(
+        max_loss=max_loss, share_kept=kept, decided=len(decided), max_drop=max_drop, **accuracy
+    )
+    # Individual facts may be lost within the allowances; the claim is about the shares kept.
+    dropped = accuracy.get("accuracy_drop", 0.0) > max_drop
+    status: Status = (
+        "INCONCLUSIVE" if not decided else "FAIL" if kept < 1 - max_loss or dropped else "PASS"
+    )
     return claim.finish(status, verdicts, config)
 
 
+#: Accuracy on the retain facts, model against original: (model's, original's) per fact.
+Accuracies = dict[str, tuple[float, float]]
+
+
+def _accuracy_drops(
+    on_model: dict[str, float] | None, on_original: dict[str, float] | None
+) -> Accuracies | None:
+    """Each fact's (model, original) accuracy (None when either could not be measured)."""
+    if on_model is None or on_original is None:
+        return None
+    return {fid: (on_model[fid], on_original[fid]) for fid in on_model}
+
+
+def _mean_accuracy(drops: Accuracies | None, decided: list[FactVerdict]) -> dict[str, float]:
+    """Mean accuracy of the model and the original over the decided facts, and the drop."""
+    if drops is None or not decided:
+        return {}
+    pairs = [drops[v.fact_id] for v in decided]
+    model = sum(m for m, _ in pairs) / len(pairs)
+    original = sum(o for _, o in pairs) / len(pairs)
+    return {
+        "accuracy": round(model, 6),
+        "original_accuracy": round(original, 6),
+        "accuracy_drop": round(original - model, 6),
+    }
+
+
 def _retained_verdict(
-    fact: Fact, outcome: AttackOutcome, on_original: AttackOutcome | None
+    fact: Fact,
+    outcome: AttackOutcome,
+    on_original: AttackOutcome | None,
+    accuracy: tuple[float, float] | None,
 ) -> FactVerdict:
-    """PASS when the model still knows the fact, FAIL when it lost it, INCONCLUSIVE when the
-    original does not know it or the model could not be asked."""
+    """PASS when the model still knows the fact (saying so when its accuracy fell); FAIL when it
+    lost it; INCONCLUSIVE when the original does not know it or the model could not be asked.
+    The accuracies go to the outcome's ``extra``."""
+    if accuracy is not None:
+        model, original = accuracy
+        outcome.extra.update(
+            accuracy=round(model, 6),
+            original_accuracy=round(original, 6),
+            accuracy_drop=round(original - model, 6),
+        )
     if outcome.blocking:
         return FactVerdict(
             fact.id, "INCONCLUSIVE", f"not run: direct ({outcome.reason})", [outcome]
@@ -230,6 +285,13 @@ def _retained_verdict(
         return FactVerdict(
             fact.id, "INCONCLUSIVE", "the original model does not know this fact", [outcome]
         )
-    if outcome.outcome == "recovered":
-        return FactVerdict(fact.id, "PASS", "still known", [outcome])
-    return FactVerdict(fact.id, "FAIL", f"lost: {outcome.reason}", [outcome])
+    if outcome.outcome != "recovered":
+        return FactVerdict(fact.id, "FAIL", f"lost: {outcome.reason}", [outcome])
+    if accuracy is not None and accuracy[0] < accuracy[1]:
+        return FactVerdict(
+            fact.id,
+            "PASS",
+            f"still known; accuracy {accuracy[1]:.2f} on the original, {accuracy[0]:.2f} now",
+            [outcome],
+        )
+    return FactVerdict(fact.id, "PASS", "still known", [outcome])

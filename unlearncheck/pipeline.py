@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+import numpy as np
+
 from unlearncheck import events
 from unlearncheck.attacks.base import (
     Attack,
@@ -293,6 +295,24 @@ class Claim:
             return alone.judge(name, base, ClaimModels(model)).outcomes
         except EndpointError as error:
             return not_run(name, facts, str(error), blocking=True)
+
+    def accuracy(self, role: str) -> dict[str, float] | None:
+        """Each claim fact's accuracy on the model of ``role``: the share of its base forms and
+        paraphrases whose answer has the highest p̂ of its options (the answer a greedy
+        multiple-choice reader gives). None when the endpoint fails."""
+        model = getattr(self.models, role)
+        probes = {f.id: direct(f, self.context) + paraphrase(f, self.context) for f in self.facts}
+        items = [(p.prompt, p.options) for ps in probes.values() for p in ps]
+        try:
+            distributions = self.scorer.readout.distributions(model, items)
+        except EndpointError:
+            return None
+        out, at = {}, 0
+        for fact_id, ps in probes.items():
+            tops = [int(np.argmax(d)) == 0 for d in distributions[at : at + len(ps)]]
+            out[fact_id] = sum(tops) / len(tops) if tops else 0.0
+            at += len(ps)
+        return out
 
     def correct(
         self,

@@ -197,10 +197,17 @@ class Verdict:
             s: sum(f.status == s for f in self.facts) for s in ("PASS", "FAIL", "INCONCLUSIVE")
         }
         claim = shown(self.claim, limit=TERMINAL_CHARS)
-        power_text = self._power_text() if self.config.get("kind") == "forgotten" else ""
+        kind = self.config.get("kind")
+        extra = (
+            self._power_text()
+            if kind == "forgotten"
+            else self._accuracy_text()
+            if kind == "retained"
+            else ""
+        )
         return (
             f"{claim}: {self.status} ({counts['PASS']} passed, {counts['FAIL']} failed, "
-            f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts{power_text})"
+            f"{counts['INCONCLUSIVE']} inconclusive of {len(self.facts)} facts{extra})"
         )
 
     def _power_text(self) -> str:
@@ -213,6 +220,16 @@ class Verdict:
         if shares:
             return f"; power on the original: {', '.join(shares)}"
         return "; power not measured (no original model)"
+
+    def _accuracy_text(self) -> str:
+        """ "; accuracy <model> (original <original>): drop <d>, allowed <max>" (or nothing)."""
+        c = self.config
+        if "accuracy_drop" not in c:
+            return ""
+        return (
+            f"; accuracy {c['accuracy']:.2f} (original {c['original_accuracy']:.2f}): drop "
+            f"{c['accuracy_drop']:.2f}, allowed {c.get('max_drop')}"
+        )
 
     def explain(self, limit: int = 3) -> str:
         """A readable account of the failures (or inconclusive facts): attack, probe, output.
