@@ -21,7 +21,7 @@ from unlearncheck.attacks import (
     sampling,
 )
 from unlearncheck.attacks.context import ProbeContext
-from unlearncheck.attacks.model import MAX_HELD_VARIANTS
+from unlearncheck.attacks.model import MAX_HELD_VARIANTS, make_relearn, relearn_lr
 from unlearncheck.attacks.sampling_readout import contains_answer
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
@@ -115,6 +115,41 @@ def test_relearn_teaches_gold_nothing_about_held_out_facts(zoo: Path, forget: Fa
     )
     gains = [f.outcome("relearn").extra["model_gain"] for f in verdict.facts]
     assert sum(gains) / len(gains) <= 0.10
+    # The sanity record: the fine-tune left the relearned models working on the retain set
+    # (measured 2026-12-07: original 1.00, relearned original 0.82, relearned gold 0.63).
+    extra = verdict.facts[0].outcome("relearn").extra
+    assert extra["original_retain_accuracy"] >= 0.9
+    assert extra["relearned_retain_accuracy"] >= 0.5
+    assert extra["on_original"]["relearned_retain_accuracy"] >= 0.7
+    assert all(f.outcome("relearn").power for f in verdict.facts if f.status == "PASS")
+
+
+def test_a_broken_fine_tune_shows_in_the_sanity_record_and_earns_no_pass(
+    zoo: Path, forget: FactSet
+) -> None:
+    """A learning rate that wrecks the model: nothing comes back, but the relearned original's
+    retain accuracy says why, and the attack has no power, so no fact passes on it."""
+    broken = make_relearn(lr=1.0, steps=10)
+    verdict = assert_forgotten(
+        str(zoo / "gold"),
+        forget[:12],
+        attacks=[broken],
+        original=str(zoo / "original"),
+        context=load_facts(zoo / "facts.jsonl"),
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
+    outcome = verdict.facts[0].outcome("relearn")
+    assert outcome.extra["on_original"]["relearned_retain_accuracy"] <= 0.4  # measured 0.23
+    assert verdict.status == "INCONCLUSIVE" and not any(f.status == "PASS" for f in verdict.facts)
+    assert verdict.power()["relearn"] == 0
+
+
+def test_the_relearning_rate_scales_with_model_size() -> None:
+    assert relearn_lr(585_728) == 1e-3  # the organism
+    assert relearn_lr(135_000_000) == pytest.approx(8.6e-5, rel=0.01)
+    assert relearn_lr(7_000_000_000) == pytest.approx(1.2e-5, rel=0.01)
+    assert relearn_lr(70_000_000_000) == 1e-5
 
 
 def test_head_only_is_caught_by_hidden_probe(zoo: Path, forget: FactSet) -> None:

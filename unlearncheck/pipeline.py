@@ -410,11 +410,13 @@ def _set_power(outcome: AttackOutcome, on_original: AttackOutcome) -> None:
     """Record on ``outcome`` whether its attack recovered the fact from the original."""
     measured = on_original.outcome != "not run" or on_original.p_value is not None
     outcome.power = on_original.significant if measured else None
+    scalars = {k: v for k, v in on_original.extra.items() if isinstance(v, int | float | str)}
     outcome.extra["on_original"] = {
         "outcome": on_original.outcome,
         "effect": on_original.effect,
         "p_value": on_original.p_value,
         "reason": on_original.reason,
+        **scalars,  # e.g. the relearned original's retain accuracy
     }
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from unlearncheck import quantization
@@ -37,6 +39,7 @@ from unlearncheck.verdict import AttackOutcome
 __all__ = [
     "MAX_HELD_VARIANTS",
     "MODEL_ATTACKS",
+    "SANITY_FACTS",
     "Derive",
     "Evidence",
     "ModelAttack",
@@ -45,6 +48,7 @@ __all__ = [
     "quant4_fp4",
     "quant8",
     "relearn",
+    "relearn_lr",
     "with_weights",
 ]
 
@@ -58,11 +62,14 @@ MAX_HELD_VARIANTS = 4
 _VARIANTS: OrderedDict[tuple[str, str], HFModel] = OrderedDict()
 
 
-#: Evidence a model attack adds to each outcome: (variant of the model, the original) → fields.
-Evidence = Callable[[HFModel, HFModel | None], dict[str, Any]]
+#: Evidence a model attack adds to each outcome: (variant of the model, the original, the probe
+#: context, the scorer) → fields.
+Evidence = Callable[[HFModel, HFModel | None, ProbeContext, ClaimScorer], dict[str, Any]]
 
 
-def _no_evidence(variant: HFModel, original: HFModel | None) -> dict[str, Any]:
+def _no_evidence(
+    variant: HFModel, original: HFModel | None, context: ProbeContext, scorer: ClaimScorer
+) -> dict[str, Any]:
     return {}
 
 
@@ -134,7 +141,7 @@ class ModelAttack:
         probes = {f.id: self.probes(f, context) for f in context.claim if withheld[f.id] is None}
         result = scorer.judge(self.name, probes, variants)
         original = with_weights(models.original, "original", self.name)
-        shared = self.evidence(variants.model, original)  # type: ignore[arg-type]
+        shared = self.evidence(variants.model, original, context, scorer)  # type: ignore[arg-type]
         for fact in context.claim:
             reason = withheld[fact.id]
             if reason is not None:
@@ -219,7 +226,9 @@ def _changed_codes(kind: quantization.QuantKind) -> Evidence:
     """Evidence of a 4-bit attack: the share of codes that differ between Q(model) and
     Q(original) (0% means quantization maps the model back onto the original)."""
 
-    def evidence(variant: HFModel, original: HFModel | None) -> dict[str, Any]:
+    def evidence(
+        variant: HFModel, original: HFModel | None, context: ProbeContext, scorer: ClaimScorer
+    ) -> dict[str, Any]:
         if original is None:
             return {}
         fraction = quantization.changed_code_fraction(variant.model, original.model, kind)  # type: ignore[arg-type]
@@ -285,10 +294,45 @@ def _finetune(
     return HFModel.from_pretrained_objects(tuned, model.tokenizer, spec=f"{model.spec}|relearned")
 
 
+#: Retain facts the relearning sanity record asks (a seeded sample).
+SANITY_FACTS = 48
+
+
+def relearn_lr(n_parameters: int) -> float:
+    """The default relearning rate for a model of ``n_parameters``: 1e-3 × min(1, √(10⁶ / N)),
+    at least 1e-5. The organism (about 0.6M parameters) gets 1e-3, a 135M model 8.6e-5, a 7B model
+    1.2e-5: the step that relearns a small model's facts wrecks a large one."""
+    return max(1e-5, 1e-3 * min(1.0, (1e6 / n_parameters) ** 0.5))
+
+
+def _retain_accuracy(model: HFModel, context: ProbeContext, scorer: ClaimScorer) -> float | None:
+    """Share of a seeded sample of retain facts' base probes whose answer ranks first among its
+    options on ``model`` (None without retain facts)."""
+    retain = list(context.facts.split("retain"))
+    if not retain:
+        return None
+    sample = random.Random(f"{context.seed}|sanity").sample(retain, min(SANITY_FACTS, len(retain)))
+    items = [(p.prompt, p.options) for f in sample for p in direct(f, context)]
+    distributions = scorer.readout.distributions(model, items)
+    return round(sum(int(np.argmax(d)) == 0 for d in distributions) / len(distributions), 6)
+
+
+def _relearn_sanity(
+    variant: HFModel, original: HFModel | None, context: ProbeContext, scorer: ClaimScorer
+) -> dict[str, Any]:
+    """The sanity record of a fine-tune: the relearned model's retain accuracy (and the
+    original's), so a fine-tune that broke the model cannot pass as "nothing came back". Run on
+    the original (power), it is the relearned original's."""
+    out: dict[str, Any] = {"relearned_retain_accuracy": _retain_accuracy(variant, context, scorer)}
+    if original is not None:
+        out["original_retain_accuracy"] = _retain_accuracy(original, context, scorer)
+    return out
+
+
 def make_relearn(
     *,
     steps: int = 40,
-    lr: float = 1e-3,
+    lr: float | None = None,
     batch_size: int = 16,
     seed: int = 0,
     split: str = "relearn",
@@ -296,27 +340,31 @@ def make_relearn(
 ) -> ModelAttack:
     """A relearning attack: fine-tune on the attacker's slice, judge the *other* forget facts.
 
+    Each outcome records the relearned model's retain accuracy (`_relearn_sanity`), and the
+    power run on the original records the relearned original's.
+
     Args:
         steps: Optimizer steps (docs/methods.md: 10–100).
-        lr: AdamW learning rate (the organism needs ~1e-3; large models ~1e-5).
+        lr: AdamW learning rate; None: `relearn_lr` of the model's parameter count.
         batch_size: Documents per step.
         seed: Seed of the batch sampling.
         split: The facts whose documents the attacker holds (default ``relearn``).
         texts: The attacker's documents instead (e.g. read from a user's text file).
     """
     digest = hashlib.sha256("\n".join(texts or []).encode()).hexdigest()[:12]
-    key = f"relearn:{steps}:{lr}:{batch_size}:{seed}:{split}:{digest if texts else ''}"
+    key = f"relearn:{steps}:{lr or 'auto'}:{batch_size}:{seed}:{split}:{digest if texts else ''}"
 
     def derive(model: HFModel, context: ProbeContext) -> HFModel:
         docs = texts if texts is not None else _relearn_texts(context, split)
-        return _finetune(model, docs, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        rate = lr if lr is not None else relearn_lr(model.model.num_parameters())
+        return _finetune(model, docs, steps=steps, lr=rate, batch_size=batch_size, seed=seed)
 
     def withheld(fact: Fact, context: ProbeContext) -> str | None:
         if texts is None and fact.split == split:
             return "in the attacker's relearning slice"
         return None
 
-    return ModelAttack("relearn", derive, key, withheld=withheld)
+    return ModelAttack("relearn", derive, key, withheld=withheld, evidence=_relearn_sanity)
 
 
 relearn = make_relearn()
