@@ -20,11 +20,13 @@ __all__ = ["Cell", "Matrix", "forget_facts", "format_matrix", "validity_matrix"]
 
 @dataclass(frozen=True)
 class Cell:
-    """One (variant, attack) cell: facts failed out of the facts the attack applies to."""
+    """One (variant, attack) cell: facts failed out of the facts the attack applies to, and the
+    attack's power (share of the facts it recovers from the original; None: not measured)."""
 
     failed: int
     applicable: int
     failed_ids: frozenset[str]
+    power: float | None = None
 
     @property
     def rate(self) -> float:
@@ -76,24 +78,29 @@ def validity_matrix(
                 raise_on_fail=False,
                 on_inconclusive="return",
             )
-            applicable = [
-                f
-                for f in verdict.facts
-                if f.outcome(attack.name).outcome != "not run" or f.outcome(attack.name).blocking
-            ]
+            outcomes = [f.outcome(attack.name) for f in verdict.facts]
+            applicable = [o for o in outcomes if o.outcome != "not run" or o.p_value is not None]
             failed = frozenset(f.fact_id for f in verdict.facts if f.status == "FAIL")
-            row[attack.name] = Cell(len(failed), len(applicable), failed)
+            power = verdict.power().get(attack.name)
+            row[attack.name] = Cell(len(failed), len(applicable), failed, power)
         matrix[variant] = row
     return matrix
 
 
 def format_matrix(matrix: Matrix) -> str:
-    """Fixed-width text: one row a variant, ``rate (failed/applicable)`` a cell."""
-    attacks = list(next(iter(matrix.values())))
+    """Fixed-width text: one row a variant, ``rate (failed/applicable)`` a cell, and a last row
+    with each attack's power on the original (the same for every variant: it is the original's)."""
+    first = next(iter(matrix.values()))
+    attacks = list(first)
     lines = ["variant".ljust(18) + "".join(a.rjust(16) for a in attacks)]
     for variant, row in matrix.items():
         cells = "".join(
             f"{row[a].rate:.2f} ({row[a].failed}/{row[a].applicable})".rjust(16) for a in attacks
         )
         lines.append(variant.ljust(18) + cells)
+    power = [first[a].power for a in attacks]
+    lines.append(
+        "power (original)".ljust(18)
+        + "".join(("—" if p is None else f"{p:.2f}").rjust(16) for p in power)
+    )
     return "\n".join(lines)
