@@ -40,9 +40,10 @@ SLOW_TIMEOUT = 0.5
 #: Seconds the server asks a rate-limited client to wait.
 RETRY_AFTER = 1
 ATTACKS = (direct, incontext)
-#: The facts probes may draw on: twelve of the forget set keep a claim to a few batches while
-#: giving chance enough control statistics for a decision (PASS on ``gold``).
-CONTEXT_FACTS = 12
+#: The facts probes may draw on: 24 of the forget set keep a claim to a few batches while
+#: giving chance enough control statistics to reach the corrected level of its six tests
+#: (without an original, a smaller pool is "not run": PASS on ``gold`` needs them).
+CONTEXT_FACTS = 24
 
 Fault = Literal[
     "forward", "http500", "http429", "http401", "not_json", "no_choices", "no_logprobs", "slow"

@@ -166,7 +166,7 @@ def test_chains_are_elicited_from_the_served_original_and_match_its_knowledge(
     assert len(generated.answered) == len(chains) and sum(generated.answered) >= len(chains) / 2
 
 
-def test_multihop_shallow_fails_and_gold_passes_on_the_elicited_chains(
+def test_multihop_shallow_fails_and_gold_passes_where_the_elicited_chains_have_power(
     served: Served, elicited: Elicited, known: FactSet, birth_cities: FactSet
 ) -> None:
     chained = {c.subject for c in elicited.generated.chains}
@@ -186,9 +186,15 @@ def test_multihop_shallow_fails_and_gold_passes_on_the_elicited_chains(
         assert fact.status == "FAIL" and outcome.outcome == "recovered"
         best = outcome.evidence[0].probe
         assert best.attack == "elicited_multihop" and "-birth_city->" in best.lineage[1]
-    gold = assert_forgotten("organism:gold", claim, **kwargs)
-    assert gold.status == "PASS"
+    gold = assert_forgotten("organism:gold", claim, on_inconclusive="return", **kwargs)
+    assert gold.status != "FAIL"
     assert all(f.outcome("elicited_multihop").outcome == "not recovered" for f in gold.facts)
+    # A fact passes where the chains recover it from the original (5 of 7, measured 2026-12-07);
+    # elsewhere the attack has no power and the fact is INCONCLUSIVE, never PASS.
+    for fact in gold.facts:
+        power = fact.outcome("elicited_multihop").power
+        assert fact.status == ("PASS" if power else "INCONCLUSIVE")
+    assert [f.status for f in gold.facts].count("PASS") >= len(gold.facts) // 2
 
 
 def test_a_rerun_asks_the_server_nothing_and_keeps_no_key(

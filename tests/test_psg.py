@@ -202,7 +202,8 @@ def test_psg_recovers_qa_form_only_with_its_evidence(
 def test_psg_passes_gold(zoo: Path, zoo_facts: FactSet) -> None:
     """Gold is the reference itself: forgetting is complete on items and surrogates alike.
     ``direct`` decides the facts whose forget item or surrogates the original does not know
-    better than the reference (psg has nothing to measure there)."""
+    better than the reference (psg has nothing to measure there), and carries the power: psg
+    cannot be run on the original (it measures forgetting relative to it)."""
     verdict = assert_forgotten(
         str(zoo / "gold"),
         zoo_facts.split("forget"),
@@ -213,7 +214,11 @@ def test_psg_passes_gold(zoo: Path, zoo_facts: FactSet) -> None:
         raise_on_fail=False,
         on_inconclusive="return",
     )
-    assert verdict.status == "PASS"
+    # 95 of 96 facts pass; one is INCONCLUSIVE: against the reference, no attack recovers it from
+    # the original (measured 2026-12-07), so nothing vouches for its absence.
+    assert verdict.status != "FAIL"
+    unearned = [f for f in verdict.facts if f.status != "PASS"]
+    assert len(unearned) <= 3 and all("no attack with power" in f.reason for f in unearned)
     outcomes = [f.outcome("psg") for f in verdict.facts]
     assert not any(o.significant for o in outcomes)
     assert sum(o.outcome == "not recovered" for o in outcomes) >= 75
