@@ -88,9 +88,10 @@ def _check_attacks(attacks: Sequence[Attack]) -> None:
         TypeError: ``attacks`` is not a sequence of attacks (an attack name, for instance).
         ValueError: ``attacks`` is empty or repeats an attack.
     """
-    from unlearncheck.attacks import FULL_ATTACKS, psg
+    from unlearncheck import attacks as shipped
 
-    names = [a.name for a in (*FULL_ATTACKS, psg)]
+    exported = (getattr(shipped, name) for name in shipped.__all__)
+    names = [a.name for a in exported if isinstance(a, Attack) and not isinstance(a, type)]
     known = ", ".join(names)
     if isinstance(attacks, str | Attack):
         raise TypeError(f"attacks must be a list of attacks, got {attacks!r}")

@@ -33,7 +33,8 @@ from unlearncheck.probes import Probe
 
 __all__ = ["HiddenProbeAttack", "LinearProbeReadout", "hidden_probe", "linear_cka"]
 
-#: Fitted readouts by (attack settings, model content hash): fitted once a process.
+#: Fitted readouts by (attack settings with a digest of the fitting set, model content hash):
+#: fitted once a process for each context.
 _READOUTS: dict[tuple[str, str], LinearProbeReadout] = {}
 
 
@@ -191,11 +192,14 @@ class HiddenProbeAttack:
     def readout(
         self, model: ScoringModel | None, context: ProbeContext, role: str
     ) -> LinearProbeReadout | None:
-        """The fitted readout of ``model`` (fitted once per model and settings; None: no model)."""
+        """The fitted readout of ``model`` (fitted once per model, settings and fitting set; None:
+        no model)."""
         hf = with_weights(model, role, self.name)
         if hf is None:
             return None
-        key = (self.key, hf.content_hash)
+        prompts, answers, _ = self.training_set(context)
+        fitting = hashlib.sha256("\n".join([*prompts, *answers]).encode()).hexdigest()[:16]
+        key = (f"{self.key}:{fitting}:{context.seed}", hf.content_hash)
         if key not in _READOUTS:
             _READOUTS[key] = self.fit(hf, context)
         return _READOUTS[key]
