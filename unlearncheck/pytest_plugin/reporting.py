@@ -226,18 +226,25 @@ def _attack_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Per attack of the forgetting claims: facts judged, recovered (failed), not run, time.
+    """Per attack of the forgetting claims: facts judged, recovered (failed), not run, power on
+    the original (share of the facts where it was measured that the attack recovers from the
+    original; — where it was not measured), time.
 
     Attack names (user code names its attacks) are shown through `shown`.
     """
     judged: Counter[str] = Counter()
     recovered: Counter[str] = Counter()
     not_run: Counter[str] = Counter()
+    measured: Counter[str] = Counter()
+    powerful: Counter[str] = Counter()
     forgetting = [r for r in records if r.get("config", {}).get("kind") == "forgotten"]
     for record in forgetting:
         for fact in record.get("facts", []):
             for outcome in fact.get("attacks", []):
                 name = outcome["attack"]
+                if outcome.get("power") is not None:
+                    measured[name] += 1
+                    powerful[name] += bool(outcome["power"])
                 if outcome["outcome"] == "not run":
                     not_run[name] += 1
                 else:
@@ -249,11 +256,15 @@ def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
     seconds = _attack_seconds(forgetting)
     labels = {name: shown(name, limit=SUMMARY_CHARS) for name in names}
     width = max(len(label) for label in labels.values())
-    lines = ["attacks (facts of forgetting claims; time: tests that ran only that attack):"]
+    lines = [
+        "attacks (facts of forgetting claims; power: share recovered from the original; "
+        "time: tests that ran only that attack):"
+    ]
     for name in names:
         time = f"{seconds[name]:7.1f}s" if name in seconds else "       —"
+        power = f"{powerful[name] / measured[name]:5.0%}" if measured[name] else "    —"
         lines.append(
             f"  {labels[name]:<{width}}  {judged[name]:>4} judged, {recovered[name]:>4} recovered "
-            f"(FAIL), {not_run[name]:>4} not run  {time}"
+            f"(FAIL), {not_run[name]:>4} not run, power {power}  {time}"
         )
     return lines
