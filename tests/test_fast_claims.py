@@ -307,6 +307,10 @@ def test_a_pass_is_earned_by_an_attack_with_power_on_the_original(
     assert not any(f.outcome("unrelated").blocking for f in alone.facts)  # it ran, powerless
     verdicts, _ = _logged(tmp_path / "r.jsonl")
     assert verdicts[0]["facts"][0]["attacks"][0]["power"] is not None
+    from unlearncheck.report import render_report
+
+    page = render_report(tmp_path / "r.jsonl", tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "power on the original: direct" in page and "unrelated 0%" in page
 
 
 def test_without_an_original_a_pass_says_power_was_not_measured(
