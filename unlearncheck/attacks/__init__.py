@@ -3,10 +3,10 @@
 Every attack implements one protocol (`Attack`, in `unlearncheck.attacks.base`): a ``name``, the
 model capabilities it ``needs`` and a ``run`` over a claim's facts. Input attacks derive new
 prompts; model attacks (``quant4``, ``quant4_fp4``, ``quant8``, ``relearn``) derive a variant of
-the model and ask it again; readout attacks (``sampling``, ``hidden_probe``, ``hidden_truth``)
+the model and ask it again; readout attacks (``sampling``, ``hidden_probe``, ``original_head``)
 read the knowledge another way; ``psg`` compares forgetting on the forget items and on surrogate
 rewrites of them. Model and readout attacks load torch, so they are imported on first use
-(``hidden_truth`` is imported with the package but imports torch only when it runs).
+(``original_head`` is imported with the package but imports torch only when it runs).
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from unlearncheck.attacks.base import (
     optional,
 )
 from unlearncheck.attacks.context import ProbeContext
-
-# Imported here, not on first use, like ``psg`` below (it loads torch only when it runs).
-from unlearncheck.attacks.hidden_truth import HiddenTruthAttack, hidden_truth
 from unlearncheck.attacks.input import (
     INPUT_ATTACKS,
     InputAttack,
@@ -36,6 +33,10 @@ from unlearncheck.attacks.input import (
     paraphrase,
     prefix,
 )
+
+# Imported here, not on first use, like ``psg`` below: the submodule would shadow the attack (it
+# loads torch only when it runs).
+from unlearncheck.attacks.original_head import OriginalHeadAttack, original_head
 
 # Imported here, not on first use: the submodule ``psg`` would shadow a lazily exported ``psg``.
 from unlearncheck.attacks.psg import PSGAttack, psg
@@ -61,17 +62,17 @@ __all__ = [
     "AttackResult",
     "ClaimModels",
     "ClaimScorer",
-    "HiddenTruthAttack",
     "InputAttack",
     "OptionalAttack",
+    "OriginalHeadAttack",
     "PSGAttack",
     "ProbeContext",
     "alias",
     "direct",
-    "hidden_truth",
     "incontext",
     "multihop",
     "optional",
+    "original_head",
     "paraphrase",
     "prefix",
     "psg",
