@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from unlearncheck import assert_forgotten, load_facts
-from unlearncheck.attacks import ClaimModels, direct, hidden_probe, original_head
+from unlearncheck.attacks import direct, hidden_probe, original_head
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.original_head import OriginalHeadReadout, unreadable
 from unlearncheck.backends.hf import HFModel
@@ -122,8 +122,8 @@ def test_without_an_original_the_attack_does_not_run_and_the_facts_stay_undecide
 def test_the_power_run_reads_the_claims_original_through_its_own_head(
     tiny_checkpoint: Path, homes: FactSet
 ) -> None:
-    """In the power run the original is the model under test and no original is given: the
-    attack reads it as it is (the original through its own head), and only it."""
+    """In the power run the original is the model under test and also the original: the attack
+    reads it as it is (the original through its own head)."""
     model, original = HFModel.load(str(tiny_checkpoint)), HFModel.load(str(tiny_checkpoint))
     verdict = assert_forgotten(
         model, homes, [original_head, direct], original=original, on_inconclusive="return"
@@ -131,8 +131,6 @@ def test_the_power_run_reads_the_claims_original_through_its_own_head(
     extra = verdict.facts[0].outcome("original_head").extra
     assert extra["read_through_head"] == ["model"]
     assert extra["head_modules"] == ["transformer.ln_f", "lm_head"]
-    assert original_head.head_of(ClaimModels(original)) is original
-    assert original_head.head_of(ClaimModels(model)) is None  # never an original
     for fact in verdict.facts:  # the original knows nothing, but the attack ran on it
         on_original = fact.outcome("original_head").extra["on_original"]
         assert "needs the original" not in (on_original["reason"] or "")

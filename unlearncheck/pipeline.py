@@ -276,12 +276,13 @@ class Claim:
 
     def power(self, attack: Attack) -> AttackResult | None:
         """``attack`` run on the original as if it were the model under test (against the
-        reference when one is given, else chance): on which facts the attack has the power to
-        find what is there. None without an original."""
+        reference when one is given, else chance; the original also in its own role, so the
+        attack leaves out the same probes as in the claim's run): on which facts the attack has
+        the power to find what is there. None without an original."""
         original = self.models.original
         if original is None:
             return None
-        on_original = ClaimModels(original, self.models.reference)
+        on_original = ClaimModels(original, self.models.reference, original)
         alone = dataclasses.replace(self.scorer, log=None)
         return _run(attack, self.facts, self.context, on_original, alone)
 
@@ -409,7 +410,8 @@ def _run(
 def _set_power(outcome: AttackOutcome, on_original: AttackOutcome) -> None:
     """Record on ``outcome`` whether its attack recovered the fact from the original."""
     measured = on_original.outcome != "not run" or on_original.p_value is not None
-    outcome.power = on_original.significant if measured else None
+    # An attack whose probes the original answers none of is not run there, without power.
+    outcome.power = on_original.significant if measured else on_original.power
     scalars = {k: v for k, v in on_original.extra.items() if isinstance(v, int | float | str)}
     outcome.extra["on_original"] = {
         "outcome": on_original.outcome,

@@ -17,7 +17,6 @@ imports it eagerly, as its submodule of the same name would shadow a lazily expo
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -49,11 +48,6 @@ __all__ = [
 #: model: GPT-2, Falcon (``ln_f``); Llama, Mistral, Qwen (``norm``); GPT-NeoX
 #: (``final_layer_norm``); Phi (``final_layernorm``); OPT (``decoder.final_layer_norm``).
 FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "decoder.final_layer_norm")
-
-#: The originals this attack has read models through, by id (held weakly). A model under test
-#: given without an original that is one of them is an original read through its own head: the
-#: pipeline's power run (`unlearncheck.pipeline.Claim.power`), which follows the claim's run.
-_ORIGINALS: weakref.WeakValueDictionary[int, HFModel] = weakref.WeakValueDictionary()
 
 
 def final_norm(model: PreTrainedModel) -> str | None:
@@ -180,9 +174,9 @@ class OriginalHeadAttack:
 
     The model under test and the reference are read through the original's head; the original,
     read through its own head, is itself. Without an original there is no head to read through
-    and the attack does not run (blocking), except in the power run, where the model under test
-    is the claim's original (one this attack has read through, `_ORIGINALS`) and is read as it
-    is: the attack's power on a fact is the original's own knowledge of it.
+    and the attack does not run (blocking). In the power run the model under test is the original
+    (`unlearncheck.pipeline.Claim.power`), read as it is: the attack's power on a fact is the
+    original's own knowledge of it.
 
     Attributes:
         inputs: Input attacks giving the prompts.
@@ -196,14 +190,6 @@ class OriginalHeadAttack:
     def probes(self, fact: Fact, context: ProbeContext) -> list[Probe]:
         """The probes read through the original's head, attributed to this attack."""
         return attributed_probes(self.inputs, fact, context, self.name, "original_head")
-
-    def head_of(self, models: ClaimModels) -> ScoringModel | None:
-        """The model whose head reads the claim's models: the original; without one, the model
-        under test when it is an original read through before (the power run); else None."""
-        if models.original is not None:
-            return models.original
-        known = _ORIGINALS.get(id(models.model))
-        return models.model if known is models.model else None
 
     def blocked(self, models: ClaimModels, original: ScoringModel | None) -> str | None:
         """Why the attack cannot run on ``models`` with ``original``'s head, or None."""
@@ -232,12 +218,11 @@ class OriginalHeadAttack:
         (``hidden_state``) and the roles read through it (``read_through_head``; the original
         itself is read as it is).
         """
-        original = self.head_of(models)
+        original = models.original
         reason = self.blocked(models, original)
         if reason is not None:
             return AttackResult(not_run(self.name, context.claim, reason, blocking=True))
         head = cast("HFModel", original)
-        _ORIGINALS[id(head)] = head
         reference = models.reference
         readouts = ClaimModels(
             _read_through(models.model, head),
