@@ -13,6 +13,7 @@ from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import (
     ModelAttack,
     hidden_probe,
+    original_head,
     paraphrase,
     quant4,
     quant4_fp4,
@@ -29,7 +30,7 @@ from unlearncheck.loading import load_model
 from unlearncheck.probes import Templates
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 
-MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe)
+MODEL_AND_READOUT = (quant4, quant4_fp4, quant8, relearn, sampling, hidden_probe, original_head)
 
 
 @pytest.fixture(scope="module")

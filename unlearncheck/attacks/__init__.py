@@ -85,7 +85,13 @@ def __getattr__(name: str) -> Any:
         model = import_module("unlearncheck.attacks.model")
         sampling = import_module("unlearncheck.attacks.sampling_readout")
         hidden_probe = import_module("unlearncheck.attacks.hidden_readout")
-        return (*INPUT_ATTACKS, *model.MODEL_ATTACKS, sampling.sampling, hidden_probe.hidden_probe)
+        return (
+            *INPUT_ATTACKS,
+            *model.MODEL_ATTACKS,
+            sampling.sampling,
+            hidden_probe.hidden_probe,
+            original_head,
+        )
     if name in _LAZY:
         return getattr(import_module(f"unlearncheck.attacks.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'unlearncheck.attacks' has no attribute {name!r}")
