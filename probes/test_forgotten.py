@@ -2,9 +2,10 @@
 
 One claim over the whole forget set with ``FULL_ATTACKS``: input attacks (direct, paraphrase,
 alias, multi-hop, prefix, in-context), model attacks (4- and 8-bit quantization, relearning) and
-readout attacks (sampling, hidden-state probe, the original's head). Each attack is also run on the original model: a
-fact PASSES only when no attack recovered it and at least one attack recovers it from the original
-(its power), so a PASS is never earned by attacks that could not have found the fact. ``alias``
+readout attacks (sampling, hidden-state probe, the original's head). Each attack is also run on
+the original model: a fact PASSES only when no attack recovered it and at least one attack
+recovers it from the original (its power), so a PASS is never earned by attacks that could not
+have found the fact. ``alias``
 and ``multihop`` are optional: a fact with no alias or no chain in the facts file is asked by the
 other attacks instead. The p-values of every (fact, attack) test are corrected together.
 
