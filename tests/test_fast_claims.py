@@ -431,3 +431,32 @@ def test_assert_retained_fails_a_model_whose_answers_changed_though_still_above_
     assert all("on the original, 0.67 now" in f.reason for f in dropped)
     kept = assert_retained(degraded, homes, original=original, max_drop=0.6, runlog=log)
     assert kept.status == "PASS"
+
+
+def test_claims_on_the_same_original_share_one_power_run(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
+) -> None:
+    """Two claims (two models) with the same attack, facts and original: the attack runs on each
+    model, and once on the original."""
+    runs: list[str] = []
+
+    class Counted(Unrelated):
+        name = "counted"
+
+        def run(self, facts, context, models, scorer):  # type: ignore[no-untyped-def]
+            runs.append(models.model.spec)
+            return super().run(facts, context, models, scorer)
+
+    attack = Counted()
+    for spec in (str(tiny_checkpoint), str(trained)):
+        assert_forgotten(
+            spec,
+            homes,
+            [direct, attack],
+            original=str(trained),
+            on_inconclusive="return",
+            raise_on_fail=False,
+            runlog=tmp_path / "r.jsonl",
+        )
+    assert runs.count(str(trained)) == 2  # once as the model under test, once for power
+    assert len(runs) == 3

@@ -10,6 +10,9 @@ verdict written to the run log, the verdict published, and an error raised when 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,12 @@ DEFAULT_ALPHA = 0.05
 OUTPUT_TOKENS = 8
 
 _case_log: RunLog | None = None
+
+#: Power runs kept in a process (least recently used dropped first): claims on the same original,
+#: facts and attack (the rows of a validity matrix, a suite's tests) share one. The outcomes are
+#: kept uncorrected and copied for each claim, which corrects its own copy.
+MAX_POWER_RUNS = 64
+_POWER: OrderedDict[tuple[Any, ...], tuple[Attack, dict[str, AttackOutcome]]] = OrderedDict()
 
 
 def set_case_log(path: str | Path | None) -> None:
@@ -282,9 +291,36 @@ class Claim:
         original = self.models.original
         if original is None:
             return None
-        on_original = ClaimModels(original, self.models.reference, original)
-        alone = dataclasses.replace(self.scorer, log=None)
-        return _run(attack, self.facts, self.context, on_original, alone)
+        reference = self.models.reference
+        ctx, scorer = self.context, self.scorer
+        key = (
+            id(attack),
+            original.content_hash,
+            reference.content_hash if reference is not None else None,
+            _digest([f.to_dict() for f in ctx.facts], ctx.templates.data),
+            ctx.seed,
+            tuple(f.id for f in self.facts),
+            tuple(f.id for f in ctx.claim),
+            scorer.readout.readout,
+            scorer.tolerance,
+            scorer.alpha,
+        )
+        if key not in _POWER:
+            on_original = ClaimModels(original, reference, original)
+            alone = dataclasses.replace(scorer, log=None)
+            result = _run(attack, self.facts, ctx, on_original, alone)
+            # The attack the key names by id is held with the result, so its id is not reused.
+            _POWER[key] = (attack, result.outcomes)
+            while len(_POWER) > MAX_POWER_RUNS:
+                _POWER.popitem(last=False)
+        _POWER.move_to_end(key)
+        outcomes = _POWER[key][1]
+        return AttackResult(
+            {
+                fid: dataclasses.replace(o, extra=dict(o.extra), cases=[])
+                for fid, o in outcomes.items()
+            }
+        )
 
     def judge_base(self, name: str, role: str, facts: FactSet) -> dict[str, AttackOutcome]:
         """The base forms and paraphrases of ``facts`` judged on the model of ``role`` alone,
@@ -390,6 +426,11 @@ class Claim:
         return finish(
             verdict, self.log, raise_on_fail=s.raise_on_fail, on_inconclusive=s.on_inconclusive
         )
+
+
+def _digest(*parts: Any) -> str:
+    """A digest of JSON-ready ``parts`` (what a power run was computed on)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _run(
