@@ -310,16 +310,16 @@ class Claim:
             alone = dataclasses.replace(scorer, log=None)
             result = _run(attack, self.facts, ctx, on_original, alone)
             # The attack the key names by id is held with the result, so its id is not reused.
-            _POWER[key] = (attack, result.outcomes)
+            _POWER[key] = (
+                attack,
+                {fid: dataclasses.replace(o, cases=[]) for fid, o in result.outcomes.items()},
+            )
             while len(_POWER) > MAX_POWER_RUNS:
                 _POWER.popitem(last=False)
         _POWER.move_to_end(key)
         outcomes = _POWER[key][1]
         return AttackResult(
-            {
-                fid: dataclasses.replace(o, extra=dict(o.extra), cases=[])
-                for fid, o in outcomes.items()
-            }
+            {fid: dataclasses.replace(o, extra=dict(o.extra)) for fid, o in outcomes.items()}
         )
 
     def judge_base(self, name: str, role: str, facts: FactSet) -> dict[str, AttackOutcome]:
