@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
+from unlearncheck.facts import Fact, FactSet
+
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
 
@@ -26,6 +28,38 @@ SPECIAL_TOKENS = {
     "bos_token": "<s>",
     "eos_token": "</s>",
 }
+
+
+#: (subject, home) of the tiny checkpoint's made-up facts: two-word subjects with no word in
+#: common, so that made-up control names (one subject's first word with another's last) are
+#: plentiful; every word is in the tiny tokenizer's vocabulary.
+PEOPLE = (
+    ("red king", "paris"),
+    ("blue queen", "berlin"),
+    ("big cat", "rome"),
+    ("small dog", "madrid"),
+    ("fast river", "seine"),
+    ("slow mountain", "rhine"),
+)
+
+
+@pytest.fixture(scope="session")
+def homes() -> FactSet:
+    """The `PEOPLE` as forget facts of relation ``home``, with their question and statement."""
+    return FactSet(
+        [
+            Fact(
+                id=f"{subject.replace(' ', '-')}/home",
+                subject=subject,
+                relation="home",
+                object=home,
+                question=f"where is the {subject} from",
+                statement=f"the {subject} is from {home}",
+                split="forget",
+            )
+            for subject, home in PEOPLE
+        ]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from unlearncheck import assert_forgotten, assert_retained
 from unlearncheck.attacks import direct
 from unlearncheck.claims import fact_verdict
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.facts import FactSet
 from unlearncheck.runlog import read_runlog
 from unlearncheck.verdict import (
     AttackOutcome,
@@ -28,35 +28,7 @@ from unlearncheck.verdict import (
 
 pytest_plugins = ["pytester"]
 
-#: (subject, home) of the facts: two-word subjects with no word in common, so that made-up control
-#: names (one subject's first word with another's last) are plentiful; every word is in the tiny
-#: tokenizer's vocabulary.
-PEOPLE = (
-    ("red king", "paris"),
-    ("blue queen", "berlin"),
-    ("big cat", "rome"),
-    ("small dog", "madrid"),
-    ("fast river", "seine"),
-    ("slow mountain", "rhine"),
-)
 TRAIN_STEPS = 300
-
-
-def _fact(subject: str, home: str) -> Fact:
-    return Fact(
-        id=f"{subject.replace(' ', '-')}/home",
-        subject=subject,
-        relation="home",
-        object=home,
-        question=f"where is the {subject} from",
-        statement=f"the {subject} is from {home}",
-        split="forget",
-    )
-
-
-@pytest.fixture(scope="module")
-def homes() -> FactSet:
-    return FactSet([_fact(subject, home) for subject, home in PEOPLE])
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +150,12 @@ def test_facts_the_original_never_knew_are_never_failed(
         assert fact.status == "INCONCLUSIVE" and "original model does not know" in fact.reason
 
 
-def test_a_recovery_of_what_the_original_never_knew_is_inconclusive_not_fail() -> None:
+def test_a_recovery_of_what_the_original_never_knew_is_inconclusive_not_fail(
+    homes: FactSet,
+) -> None:
     """One probe may survive the exclusion of what the original does not answer and come out
     significant; the original's ignorance still decides the fact."""
-    fact = _fact("red king", "paris")
+    fact = homes[0]
     recovered = AttackOutcome("direct", "recovered", p_value=0.03, effect=0.4, significant=True)
     unknown = AttackOutcome("original knows", "not recovered", reason="p=0.41")
     verdict = fact_verdict(fact, [recovered], unknown)

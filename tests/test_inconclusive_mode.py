@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearncheck.facts import Fact
+from unlearncheck.facts import FactSet
 from unlearncheck.pytest_plugin import get_options, set_defaults
 from unlearncheck.runlog import read_runlog
 
@@ -48,15 +48,6 @@ def test_expects_inconclusive(unlearned, original, facts):
 """
 #: The line of `SUITE`'s test file where ``test_inconclusive`` runs its claim.
 CLAIM_LINE = 10
-#: Facts in the tiny tokenizer's words (as in `test_fast_claims`).
-PEOPLE = (
-    ("red king", "paris"),
-    ("blue queen", "berlin"),
-    ("big cat", "rome"),
-    ("small dog", "madrid"),
-    ("fast river", "seine"),
-    ("slow mountain", "rhine"),
-)
 #: Writes the resolved ``uc_options.inconclusive`` to inconclusive.txt.
 DUMP = """
 def test_dump(uc_options, pytestconfig):
@@ -71,23 +62,14 @@ EXPECTED = ("test_claims.py::test_expects_inconclusive", "INCONCLUSIVE")
 
 @pytest.fixture
 def suite(
-    pytester: pytest.Pytester, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    tiny_checkpoint: Path,
+    homes: FactSet,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> list[str]:
     """`SUITE` as test_claims.py with its facts; the arguments of a session on the tiny model."""
     monkeypatch.setenv("UNLEARNCHECK_CACHE", str(pytester.path / "cache"))  # no zoo needed
-    facts = [
-        Fact(
-            id=f"{subject.replace(' ', '-')}/home",
-            subject=subject,
-            relation="home",
-            object=home,
-            question=f"where is the {subject} from",
-            statement=f"the {subject} is from {home}",
-            split="forget",
-        )
-        for subject, home in PEOPLE
-    ]
-    lines = "".join(json.dumps(f.to_dict()) + "\n" for f in facts)
+    lines = "".join(json.dumps(f.to_dict()) + "\n" for f in homes)
     (pytester.path / "facts.jsonl").write_text(lines)
     written = pytester.makepyfile(test_claims=SUITE).read_text().splitlines()
     assert "assert_forgotten" in written[CLAIM_LINE - 1]

@@ -20,7 +20,7 @@ from unlearncheck.attacks import direct, hidden_probe, original_head
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.attacks.original_head import OriginalHeadReadout, unreadable
 from unlearncheck.backends.hf import HFModel
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.facts import FactSet
 from unlearncheck.loading import load_model
 from unlearncheck.probes import Templates
 from unlearncheck.scoring import Scorer
@@ -34,13 +34,6 @@ REQUESTS = [
     ("the cat sat on", " the red mat"),
     ("who is the king of", " spain"),
 ]
-#: (subject, home) of made-up facts in the tiny tokenizer's vocabulary.
-PEOPLE = (
-    ("red king", "paris"),
-    ("blue queen", "berlin"),
-    ("big cat", "rome"),
-    ("small dog", "madrid"),
-)
 
 
 def _logprobs(model: object, requests: list[tuple[str, str]]) -> list[float]:
@@ -85,23 +78,6 @@ def test_a_readout_is_the_body_under_the_originals_final_norm_and_output_layer(
         assert (
             max(abs(a - b) for a, b in zip(scores, _logprobs(other, REQUESTS), strict=True)) > 0.1
         )
-
-
-def _fact(subject: str, home: str) -> Fact:
-    return Fact(
-        id=f"{subject.replace(' ', '-')}/home",
-        subject=subject,
-        relation="home",
-        object=home,
-        question=f"where is the {subject} from",
-        statement=f"the {subject} is from {home}",
-        split="forget",
-    )
-
-
-@pytest.fixture(scope="module")
-def homes() -> FactSet:
-    return FactSet([_fact(subject, home) for subject, home in PEOPLE])
 
 
 def test_without_an_original_the_attack_does_not_run_and_the_facts_stay_undecided(
