@@ -163,6 +163,19 @@ def test_a_recovery_of_what_the_original_never_knew_is_inconclusive_not_fail(
     assert fact_verdict(fact, [recovered], None).status == "FAIL"  # no original: it counts
 
 
+def test_power_counts_only_for_an_attack_that_ran_on_the_model(homes: FactSet) -> None:
+    """An optional attack that did not run on the model (an endpoint without weights) may still
+    recover the fact from the original: that vouches for nothing, so no PASS."""
+    fact = homes[0]
+    known = AttackOutcome("original knows", "recovered", significant=True)
+    skipped = AttackOutcome("quant4", "not run", reason="needs weights", power=True)
+    powerless = AttackOutcome("direct", "not recovered", p_value=0.5, power=False)
+    verdict = fact_verdict(fact, [powerless, skipped], known)
+    assert verdict.status == "INCONCLUSIVE" and "no attack with power" in verdict.reason
+    ran = AttackOutcome("direct", "not recovered", p_value=0.5, power=True)
+    assert fact_verdict(fact, [ran, skipped], known).status == "PASS"
+
+
 def test_assert_retained_passes_the_trained_model_and_fails_the_random_one(
     tiny_checkpoint: Path, trained: Path, homes: FactSet, tmp_path: Path
 ) -> None:

@@ -135,8 +135,9 @@ def fact_verdict(
     2. FAIL when an attack recovered it;
     3. INCONCLUSIVE when a requested attack did not run for it (and was not `optional`), or none
        ran (an attack whose probes the original answers none of ran, with no power);
-    4. INCONCLUSIVE when power was measured (an original was given) and no attack recovers the
-       fact from the original: no attack shown able to find it vouches for its absence;
+    4. INCONCLUSIVE when power was measured (an original was given) and no attack that ran on the
+       model recovers the fact from the original: no attack shown able to find it vouches for its
+       absence;
     5. else PASS (saying so plainly when power was not measured).
     """
 
@@ -168,12 +169,15 @@ def fact_verdict(
         return verdict(
             "PASS", "no attack recovered it (power not measured: no original model given)"
         )
-    powerful = [o.attack for o in outcomes if o.power]
+    # Power counts only where the attack also ran on the model: an optional attack that did not
+    # run there vouches for nothing, whatever it finds on the original.
+    powerful = [o.attack for o in outcomes if o.power and o.outcome != "not run"]
     if not powerful:
         return verdict(
             "INCONCLUSIVE",
             "no attack with power: none of "
-            f"{', '.join(o.attack for o in outcomes)} recovers this fact from the original model",
+            f"{', '.join(o.attack for o in outcomes)} both ran on the model and recovers this "
+            "fact from the original model",
         )
     return verdict("PASS", f"no attack recovered it; power shown by {', '.join(powerful)}")
 
