@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-import numpy as np
-
 from unlearncheck import events
 from unlearncheck.attacks.base import (
     Attack,
@@ -339,17 +337,10 @@ class Claim:
         multiple-choice reader gives). None when the endpoint fails."""
         model = getattr(self.models, role)
         probes = {f.id: direct(f, self.context) + paraphrase(f, self.context) for f in self.facts}
-        items = [(p.prompt, p.options) for ps in probes.values() for p in ps]
         try:
-            distributions = self.scorer.readout.distributions(model, items)
+            return self.scorer.accuracy(model, probes)
         except EndpointError:
             return None
-        out, at = {}, 0
-        for fact_id, ps in probes.items():
-            tops = [int(np.argmax(d)) == 0 for d in distributions[at : at + len(ps)]]
-            out[fact_id] = sum(tops) / len(tops) if tops else 0.0
-            at += len(ps)
-        return out
 
     def correct(
         self,

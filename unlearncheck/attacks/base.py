@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import Capability, ScoringModel
 from unlearncheck.facts import Fact, FactSet
@@ -192,6 +194,21 @@ class ClaimScorer:
         out, at = {}, 0
         for fact_id, probes in probes_by_fact.items():
             out[fact_id] = scores[at : at + len(probes)]
+            at += len(probes)
+        return out
+
+    def accuracy(
+        self, model: ScoringModel, probes_by_fact: Mapping[str, list[Probe]]
+    ) -> dict[str, float]:
+        """Each fact's accuracy on ``model``: the share of its probes whose answer has the
+        highest p̂ of its options (the answer a greedy multiple-choice reader gives; 0 without
+        probes), read in one batched pass."""
+        items = [(p.prompt, p.options) for probes in probes_by_fact.values() for p in probes]
+        distributions = self.readout.distributions(model, items)
+        out, at = {}, 0
+        for fact_id, probes in probes_by_fact.items():
+            tops = [int(np.argmax(d)) == 0 for d in distributions[at : at + len(probes)]]
+            out[fact_id] = sum(tops) / len(tops) if tops else 0.0
             at += len(probes)
         return out
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from unlearncheck import quantization
@@ -312,9 +311,8 @@ def _retain_accuracy(model: HFModel, context: ProbeContext, scorer: ClaimScorer)
     if not retain:
         return None
     sample = random.Random(f"{context.seed}|sanity").sample(retain, min(SANITY_FACTS, len(retain)))
-    items = [(p.prompt, p.options) for f in sample for p in direct(f, context)]
-    distributions = scorer.readout.distributions(model, items)
-    return round(sum(int(np.argmax(d)) == 0 for d in distributions) / len(distributions), 6)
+    probes = [p for f in sample for p in direct(f, context)]
+    return round(scorer.accuracy(model, {"retain": probes})["retain"], 6)
 
 
 def _relearn_sanity(
