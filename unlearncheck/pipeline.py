@@ -178,6 +178,24 @@ def load_models(
     )
 
 
+def prompt_format(models: ClaimModels) -> str:
+    """The prompt format the claim's models share (``plain`` for a model without one, such as an
+    endpoint): probes are worded for it (`Templates.for_format`).
+
+    Raises:
+        ValueError: If the models read prompts in different formats (their scores would not be
+            comparable).
+    """
+    formats = {role: getattr(model, "prompt_format", "plain") for role, model in models.given()}
+    if len(set(formats.values())) > 1:
+        named = ", ".join(f"{role}: {fmt}" for role, fmt in formats.items())
+        raise ValueError(
+            f"the claim's models read prompts in different formats ({named}); load them with "
+            "the same prompt_format"
+        )
+    return next(iter(formats.values()))
+
+
 def _as_factset(facts: Fact | Iterable[Fact]) -> FactSet:
     if isinstance(facts, Fact):
         return FactSet([facts])
@@ -256,10 +274,10 @@ class Claim:
             raise ValueError(f"assert_{kind} needs at least one fact")
         known = context_facts(claim_facts, settings.context)
         peers = calibration_peers(claim_facts, known, settings.seed) if calibrate else FactSet()
-        templates = settings.templates or Templates.load()
+        loaded = load_models(*models, settings.device)
+        templates = (settings.templates or Templates.load()).for_format(prompt_format(loaded))
         ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates, settings.seed)
         _check_askable(claim_facts, templates)
-        loaded = load_models(*models, settings.device)
         log = open_log(settings.runlog)
         scorer = ClaimScorer(readout, settings.tolerance, settings.alpha, strata(ctx), log)
         loaded.record(log)

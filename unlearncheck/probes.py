@@ -94,6 +94,8 @@ class TemplateError(ValueError):
 _FORMAT_FIELDS = {
     "prompt_format": {"question"},
     "cloze_format": {"cloze"},
+    "chat_prompt_format": {"question"},
+    "chat_cloze_format": {"cloze"},
     "incontext_format": {"context", "prompt"},
 }
 _SECTION_FIELDS = {
@@ -213,6 +215,21 @@ class Templates:
             _check_templates(extra, path)
             data = _merge(data, extra)
         return cls(data)
+
+    def for_format(self, prompt_format: str) -> Templates:
+        """The library a model reading prompts in ``prompt_format`` is asked with: for ``chat``
+        (the model's chat template wraps each prompt as a user turn), the question and cloze
+        formats are ``chat_prompt_format`` and ``chat_cloze_format`` (the question alone, no
+        ``Answer:`` cue); otherwise the library itself."""
+        if prompt_format != "chat":
+            return self
+        return Templates(
+            {
+                **self.data,
+                "prompt_format": self.data["chat_prompt_format"],
+                "cloze_format": self.data["chat_cloze_format"],
+            }
+        )
 
     def format_question(self, question: str) -> str:
         """A question wrapped in the prompt format (e.g. ``Question: … Answer:``)."""

@@ -94,9 +94,11 @@ def score_cache_path() -> Path | None:
 
 
 def _model_key(model: ScoringModel) -> str:
-    """What identifies a model's scores: its device and content hash (weights, dtypes,
-    quantization state and tokenizer)."""
-    return f"{getattr(model, 'device', '')}|{model.content_hash}"
+    """What identifies a model's scores: its device, content hash (weights, dtypes, quantization
+    state and tokenizer) and, for a chat-format model, its format (the same prompt reads
+    differently through the chat template)."""
+    key = f"{getattr(model, 'device', '')}|{model.content_hash}"
+    return f"{key}|chat" if getattr(model, "prompt_format", "plain") == "chat" else key
 
 
 def generate(

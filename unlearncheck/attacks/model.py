@@ -215,10 +215,10 @@ def _quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
         loaded = AutoModelForCausalLM.from_pretrained(
             model.source, use_safetensors=True, quantization_config=config, device_map="cuda"
         )
-        return HFModel.from_pretrained_objects(loaded, model.tokenizer, spec=f"{model.spec}|{kind}")
+        return model.variant(loaded, label=kind)
     weights = copy.deepcopy(model.model)
     quantization.quantize_model_(weights, kind)
-    return HFModel.from_pretrained_objects(weights, model.tokenizer, spec=f"{model.spec}|{kind}")
+    return model.variant(weights, label=kind)
 
 
 def _changed_codes(kind: quantization.QuantKind) -> Evidence:
@@ -290,7 +290,7 @@ def _finetune(
         loss.backward()
         optimizer.step()
     tuned.eval()
-    return HFModel.from_pretrained_objects(tuned, model.tokenizer, spec=f"{model.spec}|relearned")
+    return model.variant(tuned, label="relearned")
 
 
 #: Retain facts the relearning sanity record asks (a seeded sample).

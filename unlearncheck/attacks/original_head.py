@@ -132,7 +132,11 @@ class OriginalHeadReadout:
         self.spec = f"{model.spec}|original_head({original.spec})"
         self.device = model.device
         self._scoring = HFModel(
-            cast("PreTrainedModel", self.lm), model.tokenizer, spec=self.spec, device=model.device
+            cast("PreTrainedModel", self.lm),
+            model.tokenizer,
+            spec=self.spec,
+            device=model.device,
+            prompt_format=model.prompt_format,
         )
         digest = f"original_head|{model.content_hash}|{original.content_hash}"
         self.content_hash = hashlib.sha256(digest.encode()).hexdigest()

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -21,10 +21,38 @@ from unlearncheck.backends.capabilities import CAPABILITIES, Capability
 from unlearncheck.backends.hf_loading import load_checkpoint
 from unlearncheck.backends.scoring import AnswerScore, chunks
 
-__all__ = ["HFModel", "is_out_of_memory"]
+__all__ = ["PROMPT_FORMATS", "HFModel", "PromptFormat", "is_out_of_memory", "resolve_prompt_format"]
+
+#: How prompts reach the model: ``chat`` renders each prompt as one user turn of the tokenizer's
+#: chat template (with the generation prompt) and scores answers as the assistant's words, with
+#: no leading space; ``plain`` feeds the prompt text as it is and the answer as its continuation
+#: (``" Paris"``); ``auto`` is chat when the tokenizer has a chat template, else plain.
+PromptFormat = Literal["auto", "chat", "plain"]
+PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 
 _log = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
+
+
+def resolve_prompt_format(
+    prompt_format: str, tokenizer: PreTrainedTokenizerBase, spec: str
+) -> Literal["chat", "plain"]:
+    """The format ``prompt_format`` means for ``tokenizer`` (see `PromptFormat`).
+
+    Raises:
+        ValueError: If the format is unknown, or ``chat`` is asked of a tokenizer without a chat
+            template.
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(
+            f"prompt format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}"
+        )
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if prompt_format == "chat" and not has_template:
+        raise ValueError(f"prompt format 'chat': the tokenizer of {spec!r} has no chat template")
+    if prompt_format == "auto":
+        return "chat" if has_template else "plain"
+    return "chat" if prompt_format == "chat" else "plain"
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -40,8 +68,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 class HFModel:
     """A causal LM + tokenizer loaded from a spec; all scoring is batched.
 
-    Every prompt is encoded the same way: its tokens without special tokens, preceded by the
-    tokenizer's BOS token when it has one. Batches are padded by hand, so the tokenizer is never
+    Every prompt is encoded the same way (`encode_prompts`): in the ``plain`` format its tokens,
+    in the ``chat`` format those of the chat template rendering it as a user turn (special tokens
+    of the template included), preceded by the tokenizer's BOS token when it has one and the
+    text does not already start with it. Batches are padded by hand, so the tokenizer is never
     mutated. A batch that runs out of memory is retried in halves, and no later batch of the
     model is larger (`batch_limit`): the ``auto`` batch size
     (`unlearncheck.scoring.AUTO_BATCH_SIZE`) starts large and finds what fits.
@@ -53,6 +83,7 @@ class HFModel:
         device: The device inputs are sent to.
         batch_limit: The largest batch that fitted after an out-of-memory error (None: none
             happened).
+        prompt_format: ``chat`` or ``plain`` (`PromptFormat`, resolved from ``auto``).
     """
 
     #: Everything: scores, generation, weights and hidden states (`capabilities`).
@@ -65,8 +96,14 @@ class HFModel:
         *,
         spec: str,
         device: torch.device,
+        prompt_format: PromptFormat = "auto",
     ) -> None:
-        """Wrap a model and tokenizer; prefer `load` or `from_pretrained_objects`."""
+        """Wrap a model and tokenizer; prefer `load` or `from_pretrained_objects`.
+
+        Raises:
+            ValueError: If the prompt format is unknown or needs a chat template the tokenizer
+                lacks, or the tokenizer has neither a pad nor an eos token.
+        """
         self.spec = spec
         #: The checkpoint directory the model was loaded from (None for derived models).
         self.source: Path | None = None
@@ -74,6 +111,7 @@ class HFModel:
         self.tokenizer = tokenizer
         self.device = device
         self.batch_limit: int | None = None
+        self.prompt_format = resolve_prompt_format(prompt_format, tokenizer, spec)
         pad_id = tokenizer.pad_token_id
         self._pad_id: int = tokenizer.eos_token_id if pad_id is None else pad_id
         if self._pad_id is None:
@@ -88,6 +126,7 @@ class HFModel:
         dtype: str | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        prompt_format: PromptFormat = "auto",
     ) -> HFModel:
         """Load a model from a spec (see `unlearncheck.specs.resolve_spec`); never downloads.
 
@@ -104,6 +143,8 @@ class HFModel:
             allow_pickle: Load pickle weights (``pytorch_model.bin``) of a checkpoint without
                 safetensors; unpickling can execute code, so only for checkpoints you trust.
             trust_remote_code: Allow executing modelling code shipped with the checkpoint.
+            prompt_format: How prompts are rendered (`PromptFormat`); ``auto`` uses the
+                tokenizer's chat template when it has one.
 
         Returns:
             The loaded model in eval mode.
@@ -112,7 +153,8 @@ class HFModel:
             ModelSpecError: If the spec resolves to no local checkpoint, the checkpoint is
                 refused, or its config, tokenizer or weights cannot be read, or its tokenizer
                 does not fit its embedding.
-            ValueError: If the device or the dtype is unknown.
+            ValueError: If the device, the dtype or the prompt format is unknown, or ``chat`` is
+                asked of a tokenizer without a chat template.
         """
         model, tokenizer, target, path = load_checkpoint(
             spec,
@@ -121,13 +163,18 @@ class HFModel:
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-        loaded = cls(model, tokenizer, spec=spec, device=target)
+        loaded = cls(model, tokenizer, spec=spec, device=target, prompt_format=prompt_format)
         loaded.source = path
         return loaded
 
     @classmethod
     def from_pretrained_objects(
-        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, spec: str
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        spec: str,
+        prompt_format: PromptFormat = "auto",
     ) -> HFModel:
         """Wrap an already-loaded model (e.g. a variant derived by an attack).
 
@@ -135,11 +182,20 @@ class HFModel:
             model: The causal LM; it is switched to eval mode and used on its current device.
             tokenizer: Its tokenizer.
             spec: A name identifying the model in reports.
+            prompt_format: How prompts are rendered (`PromptFormat`); a variant derived from a
+                model passes that model's format.
 
         Returns:
             The wrapped model.
         """
-        return cls(model, tokenizer, spec=spec, device=model.device)
+        return cls(model, tokenizer, spec=spec, device=model.device, prompt_format=prompt_format)
+
+    def variant(self, weights: PreTrainedModel, *, label: str) -> HFModel:
+        """``weights`` (a copy of this model changed by an attack) with this model's tokenizer and
+        prompt format, named ``<spec>|<label>`` in reports."""
+        return HFModel.from_pretrained_objects(
+            weights, self.tokenizer, spec=f"{self.spec}|{label}", prompt_format=self.prompt_format
+        )
 
     @cached_property
     def content_hash(self) -> str:
@@ -392,38 +448,61 @@ class HFModel:
             at += len(batch)
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each prompt: BOS (when the tokenizer has one) + its plain tokens.
+        """Token ids of each prompt as the model reads it (`render_prompt`), preceded by BOS
+        when the tokenizer has one and the rendering does not already start with it.
 
         This is how every prompt of the model is encoded (scoring, generation, hidden states).
 
         Each distinct prompt is tokenized once, all of them in one batch call.
         """
-        unique = list(dict.fromkeys(prompts))
+        return self._encode_texts([self.render_prompt(p) for p in prompts])
+
+    def render_prompt(self, prompt: str) -> str:
+        """The text the model reads for ``prompt``: the prompt itself (``plain``), or the chat
+        template's rendering of it as one user turn followed by the assistant's generation
+        prompt (``chat``)."""
+        if self.prompt_format == "plain":
+            return prompt
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    def answer_text(self, answer: str) -> str:
+        """How an answer continues its rendered prompt: as given in ``plain`` (``" Paris"``), and
+        without leading whitespace in ``chat``, where it opens the assistant's turn."""
+        return answer if self.prompt_format == "plain" else answer.lstrip()
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered texts (special tokens in the text included), BOS first once."""
+        unique = list(dict.fromkeys(texts))
         if not unique:
             return []
         ids = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         table = {
-            p: (seq if bos is None else [bos, *seq]) for p, seq in zip(unique, ids, strict=True)
+            text: (seq if bos is None or seq[:1] == [bos] else [bos, *seq])
+            for text, seq in zip(unique, ids, strict=True)
         }
-        return [table[p] for p in prompts]
+        return [table[text] for text in texts]
 
     def encode_requests(
         self, requests: Sequence[tuple[str, str]]
     ) -> list[tuple[list[int], list[int]]]:
         """Split (prompt, answer) pairs into context ids and answer ids, as `score_answers` does.
 
-        The context is the prompt's `encode_prompts` ids; the answer ids are those of
-        ``prompt + answer`` after them, or the answer tokenized alone when the joint
-        tokenization does not extend the prompt's.
+        The context is the prompt's `encode_prompts` ids; the answer ids are those of the
+        rendered prompt followed by `answer_text` after them, or the answer tokenized alone when
+        the joint tokenization does not extend the prompt's.
 
         Raises:
             ValueError: If a prompt or an answer has no tokens.
         """
-        contexts = self.encode_prompts([prompt for prompt, _ in requests])
-        wholes = self.encode_prompts([prompt + answer for prompt, answer in requests])
+        rendered = [(self.render_prompt(p), self.answer_text(a)) for p, a in requests]
+        contexts = self._encode_texts([prompt for prompt, _ in rendered])
+        wholes = self._encode_texts([prompt + answer for prompt, answer in rendered])
         out = []
-        for (prompt, answer), context, whole in zip(requests, contexts, wholes, strict=True):
+        for (prompt, answer), context, whole in zip(rendered, contexts, wholes, strict=True):
             if whole[: len(context)] == context and len(whole) > len(context):
                 answer_ids = whole[len(context) :]
             else:
