@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
 from unlearncheck.probes import TemplateError
-from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_spec
+from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
+    from unlearncheck.loading import LoadedModel
 
     #: What ``add_subparsers`` returns: the subcommands' parsers.
     _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -23,6 +24,34 @@ __all__ = ["INPUT_ERRORS", "SERVE_KEY_ENV", "build_parser", "main"]
 
 #: Errors of bad input: ``unlearncheck`` prints their message (which names the input) and exits 2.
 INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OSError)
+#: The choices of ``--dtype`` and ``--prompt-format`` (`unlearncheck.backends.hf_loading.DTYPES`,
+#: `unlearncheck.backends.hf.PROMPT_FORMATS`; spelled here so that ``--help`` imports no torch).
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def _check(spec: str, args: argparse.Namespace) -> None:
+    """Refuse a bad spec or checkpoint, and ``--prompt-format chat`` for a checkpoint without a
+    chat template, before any model loads."""
+    check_spec(spec)
+    check_prompt_format(spec, args.prompt_format)
+
+
+def _load(spec: str, args: argparse.Namespace) -> LoadedModel:
+    """The model of a spec, with ``--dtype`` and ``--prompt-format``.
+
+    Raises:
+        ModelSpecError: Also for a model the options do not fit (``chat`` without a chat
+            template), so that the command prints it as bad input.
+    """
+    from unlearncheck.loading import load_model
+
+    try:
+        return load_model(spec, dtype=args.dtype, prompt_format=args.prompt_format)
+    except ModelSpecError:
+        raise
+    except ValueError as error:
+        raise ModelSpecError(f"{spec}: {error}") from error
 
 
 def _organism(args: argparse.Namespace) -> int:
@@ -62,7 +91,6 @@ def _validity(args: argparse.Namespace) -> int:
 def _metrics(args: argparse.Namespace) -> int:
     from unlearncheck.backends.capabilities import capabilities_of
     from unlearncheck.facts import load_facts
-    from unlearncheck.loading import load_model
     from unlearncheck.organism import zoo_dir
     from unlearncheck.scorecard import format_scorecards, scorecards, write_scorecards
 
@@ -79,8 +107,8 @@ def _metrics(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     facts = load_facts(facts_path)
     for spec in specs:  # every spec, before the first model loads
-        check_spec(spec)
-    loaded = [load_model(spec) for spec in specs]
+        _check(spec, args)
+    loaded = [_load(spec, args) for spec in specs]
     black_boxes = [m.spec for m in loaded if "weights" not in capabilities_of(m)]
     if black_boxes:
         print(f"unlearncheck metrics: needs weights: {', '.join(black_boxes)}", file=sys.stderr)
@@ -116,10 +144,9 @@ def _generate(args: argparse.Namespace) -> int:
         default_cache_path,
         generate_facts,
     )
-    from unlearncheck.loading import load_model
     from unlearncheck.specs import resolve_spec
 
-    check_spec(args.original)
+    _check(args.original, args)
     facts_path = args.facts
     if facts_path is None:
         if not args.original.startswith(ORGANISM_PREFIX):
@@ -149,7 +176,7 @@ def _generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         generated = generate_facts(
-            ProbeGenerator(config, cache), load_model(args.original), subjects, known
+            ProbeGenerator(config, cache), _load(args.original, args), subjects, known
         )
     except EndpointError as error:
         print(f"unlearncheck generate: {error}", file=sys.stderr)
@@ -261,7 +288,25 @@ def _add_metrics(commands: _Commands) -> None:
     metrics.add_argument(
         "--runlog", type=Path, help="run log to append the table to (the report shows it)"
     )
+    _add_load_options(metrics)
     metrics.set_defaults(run=_metrics)
+
+
+def _add_load_options(command: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--prompt-format`` of a subcommand that loads checkpoints."""
+    command.add_argument(
+        "--dtype",
+        choices=_DTYPES,
+        default="auto",
+        help="dtype the checkpoints load in (default auto: bfloat16 on CUDA, float32 elsewhere)",
+    )
+    command.add_argument(
+        "--prompt-format",
+        choices=_PROMPT_FORMATS,
+        default="auto",
+        help="how prompts reach the models (default auto: the chat template when the tokenizer "
+        "has one; chat; plain)",
+    )
 
 
 def _add_serve(commands: _Commands) -> None:
@@ -304,6 +349,7 @@ def _add_generate(commands: _Commands) -> None:
         "--cache", help="SQLite file of replies (default: generator.sqlite in the cache dir; off)"
     )
     generate.add_argument("--out", type=Path, required=True, help="facts file (JSONL) to write")
+    _add_load_options(generate)
     generate.set_defaults(run=_generate)
 
 

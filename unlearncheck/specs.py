@@ -16,7 +16,9 @@ __all__ = [
     "SPREAD",
     "ModelSpecError",
     "check_checkpoint",
+    "check_prompt_format",
     "check_spec",
+    "has_chat_template",
     "resolve_device",
     "resolve_spec",
 ]
@@ -27,6 +29,10 @@ ORGANISM_PREFIX = "organism:"
 ENDPOINT_PREFIX = "openai:"
 #: Weight files that are pickles: unpickling one can run any code the file carries.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: The weights of a checkpoint in one safetensors file, and the index of a sharded one (which names
+#: the shard file of every tensor: ``model-00001-of-00004.safetensors``, …).
+_SAFETENSORS = "model.safetensors"
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
 #: Files of which a checkpoint's tokenizer needs at least one.
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -146,7 +152,9 @@ def check_checkpoint(
     The directory needs a ``config.json``, safetensors weights (or, with ``allow_pickle``,
     pickle weights such as ``pytorch_model.bin``: unpickling runs any code the file holds) and
     tokenizer files; without ``trust_remote_code`` neither its config nor its tokenizer config
-    may point at code shipped with it (``auto_map``).
+    may point at code shipped with it (``auto_map``). Sharded safetensors weights
+    (``model.safetensors.index.json`` and the ``model-0000x-of-0000y.safetensors`` it names) need
+    a well-formed index whose every shard is a file of the directory.
 
     Raises:
         ModelSpecError: If the checkpoint is refused; the message names the file and the option
@@ -160,7 +168,9 @@ def check_checkpoint(
             _refuse_remote_code(tokenizer_config, _json_object(tokenizer_config))
     files = [p.name for p in path.iterdir() if p.is_file()]
     pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES))
-    if not any(n.endswith(".safetensors") for n in files):
+    if _SAFETENSORS not in files and _SAFETENSORS_INDEX in files:
+        _check_shards(path)  # what transformers reads when there is no model.safetensors
+    elif not any(n.endswith(".safetensors") for n in files):
         if not pickles:
             raise ModelSpecError(
                 f"{path}: no weights: neither *.safetensors nor pickle weights "
@@ -177,6 +187,78 @@ def check_checkpoint(
         raise ModelSpecError(
             f"{path}: no tokenizer: none of {', '.join(_TOKENIZER_FILES)}; save the tokenizer "
             "with the model (tokenizer.save_pretrained)"
+        )
+
+
+def _check_shards(path: Path) -> None:
+    """Refuse a sharded safetensors checkpoint whose index is malformed, names a shard outside the
+    directory, or names shards the directory lacks (a tensor left out of the index is found when
+    the weights are loaded: it is missing from the model)."""
+    index_path = path / _SAFETENSORS_INDEX
+    weight_map = _json_object(index_path).get("weight_map")
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(shard, str) for shard in weight_map.values())
+    ):
+        raise ModelSpecError(
+            f"{index_path}: not a sharded checkpoint index: expected a non-empty 'weight_map' "
+            "object from tensor names to shard file names"
+        )
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if Path(s).name != s or s in ("", ".", "..")]
+    if outside:
+        raise ModelSpecError(
+            f"{index_path}: refused: shard names that are not files of the checkpoint "
+            f"directory: {', '.join(map(repr, outside[:5]))}"
+        )
+    missing = [s for s in shards if not (path / s).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise ModelSpecError(
+            f"{path}: {len(missing)} of the {len(shards)} weight shards that "
+            f"{_SAFETENSORS_INDEX} names are missing: {shown}; download the whole checkpoint"
+        )
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the tokenizer saved in checkpoint directory ``path`` has a chat template, read from
+    its files as transformers reads them (``chat_template`` in ``tokenizer_config.json``,
+    ``chat_template.jinja``, ``chat_template.json``, ``additional_chat_templates/``) without
+    loading it."""
+    if any((path / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    extra = path / "additional_chat_templates"
+    if extra.is_dir() and any(extra.glob("*.jinja")):
+        return True
+    config = path / "tokenizer_config.json"
+    return config.is_file() and bool(_json_object(config).get("chat_template"))
+
+
+def check_prompt_format(spec: str, prompt_format: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse prompt format ``chat`` for a checkpoint whose tokenizer has no chat template
+    (`has_chat_template`), without loading it.
+
+    Endpoint and organism specs (resolving one may build the zoo), and checkpoints trusted to run
+    their own code (whose tokenizer may bring its template), are left to loading, which refuses
+    the same (`unlearncheck.backends.hf.resolve_prompt_format`).
+
+    Raises:
+        ModelSpecError: If ``chat`` is asked of a checkpoint without a chat template.
+    """
+    if prompt_format != "chat" or trust_remote_code:
+        return
+    if spec.startswith((ENDPOINT_PREFIX, ORGANISM_PREFIX)):  # resolving an organism builds it
+        return
+    path = resolve_spec(spec)
+    if not has_chat_template(path):
+        raise ModelSpecError(
+            f"{path}: prompt format 'chat' renders prompts with the tokenizer's chat template, "
+            "and this tokenizer has none (no chat_template in tokenizer_config.json, no "
+            "chat_template.jinja); use prompt format 'plain' (or 'auto': chat only where there "
+            "is a template)"
         )
 
 
@@ -215,10 +297,17 @@ def resolve_device(device: str | None) -> torch.device:
     ``cpu``; for `SPREAD`, where the model's first layers go).
 
     Raises:
-        ValueError: If torch knows no such device, or it is a CUDA device this machine lacks.
+        ValueError: If torch knows no such device, or it is a CUDA device this machine lacks, or
+            it is `SPREAD` and the accelerate package is missing.
     """
     import torch
 
+    if device == SPREAD and not _has_accelerate():
+        raise ValueError(
+            f"device {SPREAD!r} spreads the model over the visible GPUs with transformers' "
+            "device_map='auto', which needs the accelerate package (pip install accelerate, or "
+            "the multi-gpu extra); or name one device (cuda, cuda:1, cpu)"
+        )
     if device is None or device == SPREAD:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -230,3 +319,10 @@ def resolve_device(device: str | None) -> torch.device:
         if (target.index or 0) >= count:
             raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
     return target
+
+
+def _has_accelerate() -> bool:
+    """Whether the accelerate package (transformers' ``device_map``) is installed."""
+    from importlib.util import find_spec
+
+    return find_spec("accelerate") is not None

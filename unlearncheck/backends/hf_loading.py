@@ -28,9 +28,11 @@ from unlearncheck.specs import (
     resolve_spec,
 )
 
-__all__ = ["load_checkpoint"]
+__all__ = ["DTYPES", "load_checkpoint"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtypes a checkpoint loads in: ``auto`` is bfloat16 on CUDA and float32 elsewhere.
+DTYPES: tuple[str, ...] = ("auto", *_DTYPES)
 
 
 def load_checkpoint(
@@ -53,7 +55,8 @@ def load_checkpoint(
         ModelSpecError: If the spec resolves to no local checkpoint, the checkpoint is refused,
             or its config, tokenizer or weights cannot be read, or its tokenizer does not fit
             its embedding.
-        ValueError: If the device or the dtype is unknown.
+        ValueError: If the device or the dtype is unknown, or the device is ``auto`` and
+            accelerate is missing or cannot place the model.
     """
     target = resolve_device(device)
     torch_dtype = _torch_dtype(dtype, target)
@@ -78,15 +81,16 @@ def load_checkpoint(
 
 
 def _torch_dtype(dtype: str | None, target: torch.device) -> torch.dtype:
-    """The torch dtype named ``dtype``; bfloat16 on CUDA and float32 elsewhere when None.
+    """The torch dtype named ``dtype``; bfloat16 on CUDA and float32 elsewhere when None or
+    ``auto``.
 
     Raises:
         ValueError: If the dtype is unknown.
     """
-    if dtype is None:
+    if dtype is None or dtype == "auto":
         dtype = "bfloat16" if target.type == "cuda" else "float32"
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -119,7 +123,8 @@ def _load_weights(
 
     Raises:
         ModelSpecError: If the weights cannot be read.
-        ValueError: If the device needs the accelerate package and it is missing.
+        ValueError: If the device is ``auto`` and accelerate is missing or cannot place the
+            model.
     """
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -137,6 +142,13 @@ def _load_weights(
         raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
     except RuntimeError as err:  # a tensor whose shape the config does not give
         raise ModelSpecError(f"{path}: its weights do not match config.json: {err}") from err
+    except ValueError as err:
+        if device == SPREAD:  # a model class accelerate cannot split, weights it cannot place
+            raise ValueError(
+                f"device {SPREAD!r} (transformers' device_map='auto' over the visible GPUs) "
+                f"cannot place {path}: {err}; name one device instead (cuda, cpu)"
+            ) from err
+        raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
     model, info = cast("tuple[PreTrainedModel, dict[str, list]]", loaded)
     _check_tensors(path, info)
     return model

@@ -4,7 +4,8 @@ loading, and the share of GPUs and CPU cores of each pytest-xdist worker."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from unlearncheck.generator import ProbeGenerator
 
 __all__ = [
+    "default_threads",
     "facts",
     "generator",
     "original",
+    "physical_cores",
     "pin_gpu",
     "reference",
     "uc_options",
@@ -53,18 +56,71 @@ def pin_gpu(worker: str) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
-def _share_cpu(config: pytest.Config) -> None:
-    """In an xdist worker, use this worker's share of the CPU cores for torch's threads.
+def physical_cores(cpuinfo: str | None = None, allowed: Collection[int] | None = None) -> int:
+    """The physical CPU cores this process may run on: the distinct (``physical id``,
+    ``core id``) pairs of ``/proc/cpuinfo`` among the processors of its affinity mask, so two
+    hyper-threads of one core count once.
 
-    Without it every worker starts one thread per core and they spin against each other (on two
-    cores, ``-n 2`` ran the claims suite four times slower than one process).
+    Where ``/proc/cpuinfo`` gives no core ids (not Linux, some ARM kernels), the processors of the
+    affinity mask, else ``os.cpu_count()``, are counted instead.
+
+    Args:
+        cpuinfo: The text of ``/proc/cpuinfo`` (None: read it).
+        allowed: The processor numbers this process may run on (None: ``os.sched_getaffinity``
+            where there is one, else every processor).
     """
-    workers = getattr(config, "workerinput", {}).get("workercount")
-    if not workers:
-        return
+    if allowed is None and hasattr(os, "sched_getaffinity"):
+        allowed = os.sched_getaffinity(0)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    cores: set[tuple[str, str]] = set()
+    complete = False
+    for block in cpuinfo.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            name, sep, value = line.partition(":")
+            if sep:
+                fields[name.strip()] = value.strip()
+        if "processor" not in fields:
+            continue
+        if "core id" not in fields or not fields["processor"].isdigit():
+            complete = False  # a processor without a core id: count processors instead
+            break
+        complete = True
+        if allowed is None or int(fields["processor"]) in allowed:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    if complete and cores:
+        return len(cores)
+    return len(allowed) if allowed else os.cpu_count() or 1
+
+
+def default_threads(workers: int = 1, cores: int | None = None) -> int:
+    """Torch intra-op threads of one of ``workers`` processes sharing the machine: its share of
+    the ``cores`` (None: ``$OMP_NUM_THREADS`` when set to a count, else `physical_cores`), at
+    least one (one each when there are no more cores than workers).
+
+    Without it every xdist worker starts one thread per core and they spin against each other
+    (on two cores, ``-n 2`` ran the claims suite four times slower than one process).
+    """
+    if cores is None:
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        cores = int(omp) if omp.isdigit() and int(omp) > 0 else physical_cores()
+    return max(1, cores // max(1, workers))
+
+
+def _set_threads(config: pytest.Config) -> None:
+    """Set torch's intra-op threads of this process: ``--uc-threads``, else `default_threads` for
+    the number of xdist workers (one process without xdist)."""
+    threads = get_options(config).threads
+    if threads is None:
+        workers = getattr(config, "workerinput", {}).get("workercount") or 1
+        threads = default_threads(int(workers))
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+    torch.set_num_threads(threads)
 
 
 def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | None:
@@ -72,11 +128,13 @@ def _load(config: pytest.Config, spec: str | None) -> HFModel | OpenAIModel | No
         return None
     from unlearncheck.loading import load_model
 
-    _share_cpu(config)
+    _set_threads(config)
     options = get_options(config)
     return load_model(
         spec,
         device=options.device,
+        dtype=options.dtype,
+        prompt_format=options.prompt_format,
         allow_pickle=options.allow_pickle,
         trust_remote_code=options.trust_remote_code,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import pytest
 
@@ -34,7 +34,26 @@ _OPTIONS = (
     ("original", "the model before unlearning (facts it does not know are INCONCLUSIVE)"),
     ("reference", "a model retrained without the forget set (baseline instead of chance)"),
     ("facts", "facts.jsonl of the claims (default: the zoo's facts for an organism model)"),
-    ("device", "torch device of the models (default: cuda when available, else cpu)"),
+    (
+        "device",
+        "torch device of the models (default: cuda when available, else cpu; auto: spread each "
+        "model over the visible GPUs, with accelerate)",
+    ),
+    (
+        "dtype",
+        "dtype the checkpoints load in: auto (default: bfloat16 on CUDA, float32 elsewhere), "
+        "float32, bfloat16 or float16",
+    ),
+    (
+        "prompt-format",
+        "how prompts reach the models: auto (default: the tokenizer's chat template when it has "
+        "one), chat (each prompt a user turn of the chat template) or plain (the text as it is)",
+    ),
+    (
+        "threads",
+        "torch intra-op threads of each process (default: the physical CPU cores, or "
+        "$OMP_NUM_THREADS when set, shared evenly among pytest-xdist workers)",
+    ),
     (
         "batch-size",
         "sequences per forward pass when scoring probes, or auto (start at 512, halve on "
@@ -60,8 +79,14 @@ _OPTIONS = (
         "and report)",
     ),
 )
-#: The allowed values of the options that take one of a few words.
-_CHOICES = {"inconclusive": ("fail", "warn")}
+#: The allowed values of the options that take one of a few words (the first is the default).
+#: ``dtype`` and ``prompt-format`` are those of `unlearncheck.backends.hf_loading.DTYPES` and
+#: `unlearncheck.backends.hf.PROMPT_FORMATS`, spelled here so that the plugin imports no torch.
+_CHOICES = {
+    "inconclusive": ("fail", "warn"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "prompt-format": ("auto", "chat", "plain"),
+}
 #: (name, help) of every switch: ``--uc-<name>`` on the command line, ``uc_<name> = true`` in the
 #: ini file.
 _FLAGS = (
@@ -87,7 +112,13 @@ class Options:
         original: Spec of the model before unlearning.
         reference: Spec of the retrained reference model.
         facts: Path of the facts file (None: derived from an organism model spec).
-        device: Torch device (None: automatic).
+        device: Torch device (None: automatic; ``auto``: spread over the visible GPUs).
+        dtype: The dtype checkpoints load in (``auto``: bfloat16 on CUDA, float32 elsewhere).
+        prompt_format: How prompts reach the models (``auto``: chat when the tokenizer has a
+            chat template; `unlearncheck.backends.hf.PromptFormat`).
+        threads: Torch intra-op threads of each process (None: the physical cores, or
+            ``$OMP_NUM_THREADS``, shared among the xdist workers;
+            `unlearncheck.pytest_plugin.fixtures.default_threads`).
         batch_size: Scoring batch size (None: the library default; ``auto`` for
             `unlearncheck.scoring.AUTO_BATCH_SIZE`, halved on out-of-memory).
         seed: Seed passed by the suite to its claims.
@@ -108,6 +139,9 @@ class Options:
     reference: str | None = None
     facts: Path | None = None
     device: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    threads: int | None = None
     batch_size: int | Literal["auto"] | None = None
     seed: int = 0
     report: Path = field(default_factory=lambda: Path(DEFAULT_REPORT))
@@ -215,15 +249,25 @@ class _Values:
         Raises:
             pytest.UsageError: Naming where the value was set and the allowed values.
         """
-        allowed = _CHOICES[key]
+        allowed = _CHOICES[key.replace("_", "-")]
         value = self.text(key)
         if value is None:
             return allowed[0]
         if value.strip().lower() not in allowed:
-            raise pytest.UsageError(
-                f"{self.origins[key]}: expected {' or '.join(allowed)}, got {value!r}"
-            )
+            words = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+            raise pytest.UsageError(f"{self.origins[key]}: expected {words}, got {value!r}")
         return value.strip().lower()
+
+    def positive(self, key: str) -> int | None:
+        """The value of an option that is a count of at least 1 (None when not set).
+
+        Raises:
+            pytest.UsageError: Naming where the value was set.
+        """
+        number = self.number(key)
+        if number is not None and number < 1:
+            raise pytest.UsageError(f"{self.origins[key]}: must be at least 1, got {number}")
+        return number
 
     def switch(self, key: str) -> bool:
         value = (self.text(key) or "false").lower()
@@ -236,7 +280,11 @@ def _resolve(config: pytest.Config) -> Options:
     """Command line (paths relative to the invocation directory), ini (relative to the ini file),
     conftest defaults and built-in defaults (relative to the rootdir), in that order."""
     values = _Values(config)
-    inconclusive = values.choice("inconclusive")  # refused before default_cache imports torch
+    # Refused before default_cache imports torch.
+    inconclusive = values.choice("inconclusive")
+    dtype = values.choice("dtype")
+    prompt_format = values.choice("prompt_format")
+    threads = values.positive("threads")
     report = values.path("report") or config.rootpath / DEFAULT_REPORT
     text = values.text
     return Options(
@@ -245,6 +293,9 @@ def _resolve(config: pytest.Config) -> Options:
         reference=text("reference"),
         facts=values.path("facts"),
         device=text("device"),
+        dtype=cast("Literal['auto', 'float32', 'bfloat16', 'float16']", dtype),
+        prompt_format=cast("Literal['auto', 'chat', 'plain']", prompt_format),
+        threads=threads,
         batch_size="auto" if text("batch_size") == "auto" else values.number("batch_size"),
         seed=values.number("seed") or 0,
         report=report,
@@ -321,8 +372,14 @@ def check_inputs(config: pytest.Config, options: Options) -> None:
 
 def _check_models(options: Options) -> None:
     """Refuse a bad model spec or checkpoint (``--uc-model``, ``--uc-original``,
-    ``--uc-reference``) and an unknown ``--uc-device``."""
-    from unlearncheck.specs import ModelSpecError, check_spec, resolve_device
+    ``--uc-reference``), ``--uc-prompt-format chat`` for a checkpoint without a chat template and
+    an unknown ``--uc-device`` (or ``auto`` without accelerate)."""
+    from unlearncheck.specs import (
+        ModelSpecError,
+        check_prompt_format,
+        check_spec,
+        resolve_device,
+    )
 
     for role in ("model", "original", "reference"):
         spec = getattr(options, role)
@@ -334,6 +391,12 @@ def _check_models(options: Options) -> None:
             )
         except ModelSpecError as error:
             raise pytest.UsageError(f"--uc-{role}: {error}") from None
+        try:
+            check_prompt_format(
+                spec, options.prompt_format, trust_remote_code=options.trust_remote_code
+            )
+        except ModelSpecError as error:
+            raise pytest.UsageError(f"--uc-prompt-format (--uc-{role}): {error}") from None
     if options.device is not None:
         try:
             resolve_device(options.device)
