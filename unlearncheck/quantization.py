@@ -2,16 +2,20 @@
 
 The layers quantized are the ones ``BitsAndBytesConfig`` quantizes when transformers loads a model:
 every ``nn.Linear`` and GPT-2 ``Conv1D`` except the output head. Weights are quantized in the
-``nn.Linear`` layout ([out, in], row-major blocks of 64), as bitsandbytes stores them.
+``nn.Linear`` layout ([out, in], row-major blocks of 64), as bitsandbytes stores them. A layer that
+is already quantized (a ``bnb.nn.Linear4bit`` of a model loaded with ``load_in_4bit``, as the 4-bit
+attacks load one on CUDA) is read as it is: its packed codes, not a float weight.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from functools import cache
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -77,25 +81,110 @@ def quantize_model_(model: nn.Module, kind: QuantKind) -> nn.Module:
     return model
 
 
-def _four_bit_codes(weight: torch.Tensor, kind: Literal["nf4", "fp4"] = "nf4") -> torch.Tensor:
+def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` 4-bit codes of bitsandbytes' packed bytes (two per byte, high nibble
+    first), flattened, as uint8."""
+    flat = packed.contiguous().view(torch.uint8).flatten()
+    return torch.stack([flat >> 4, flat & 15], dim=1).flatten()[:n]
+
+
+def _four_bit_codes(
+    weight: torch.Tensor, kind: Literal["nf4", "fp4"] = "nf4", blocksize: int = _BLOCK_SIZE
+) -> torch.Tensor:
     """The 4-bit code of every element of ``weight`` ([out, in]), flattened, as int64."""
     packed, _ = _bnbf().quantize_4bit(
-        weight.detach().float().contiguous(), blocksize=_BLOCK_SIZE, quant_type=kind
+        weight.detach().float().contiguous(), blocksize=blocksize, quant_type=kind
     )
-    flat = packed.flatten()
-    return torch.stack([flat >> 4, flat & 15], dim=1).flatten()[: weight.numel()].long()
+    return _unpack(packed, weight.numel()).long()
+
+
+def _packed_weight(module: nn.Module) -> Any | None:
+    """``module``'s weight when it is an already quantized bitsandbytes ``Params4bit`` (that of a
+    ``bnb.nn.Linear4bit`` on its device), else None (a float weight)."""
+    bnb = sys.modules.get("bitsandbytes")  # a model with such layers has imported it
+    weight = getattr(module, "weight", None)
+    if bnb is None or not isinstance(weight, bnb.nn.Params4bit):
+        return None
+    return weight if weight.bnb_quantized and weight.quant_state is not None else None
+
+
+def _packed_codes(weight: Any) -> torch.Tensor:
+    """The 4-bit codes of a quantized ``Params4bit``, flattened in the [out, in] layout, uint8.
+
+    Besides bitsandbytes' packing (``_unpack``), reads the one ``Linear4bit.forward`` switches a
+    layer to on a CPU with AVX512-BF16 (``packing_format_for_cpu``): [out, in / 2] bytes, each
+    run of 32 holding the low (first 32) and high (last 32) nibbles of a 32-row × 2-column tile.
+    """
+    state = weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        return _unpack(weight.data, math.prod(state.shape))
+    rows, cols = state.shape
+    runs = weight.data.view(torch.uint8).reshape(-1, 32)
+    tiles = torch.cat([runs & 15, runs >> 4], dim=1)
+    return tiles.reshape(rows // 32, cols // 2, 32, 2).transpose(1, 2).flatten()
+
+
+def _blocksize(name: str, kind: str, packed: list[Any]) -> int:
+    """The block size the 4-bit codes of layer ``name`` are compared at: that of its already
+    quantized weights (``packed``), else `_BLOCK_SIZE`.
+
+    Raises:
+        ValueError: If a packed weight's quant type is not ``kind``, or two have different block
+            sizes.
+    """
+    sizes = set()
+    for weight in packed:
+        if weight.quant_state.quant_type != kind:
+            raise ValueError(
+                f"layer {name} is quantized to {weight.quant_state.quant_type}, not {kind}: "
+                "its codes cannot be compared"
+            )
+        sizes.add(int(weight.quant_state.blocksize))
+    if len(sizes) > 1:
+        raise ValueError(f"layer {name} is quantized in blocks of {sorted(sizes)} in the models")
+    return sizes.pop() if sizes else _BLOCK_SIZE
+
+
+def _layer_codes(
+    module: nn.Module, packed: Any | None, kind: Literal["nf4", "fp4"], blocksize: int
+) -> tuple[tuple[int, ...], torch.Tensor]:
+    """The [out, in] shape of a layer's weight and its 4-bit codes (uint8, flattened): read from
+    its packed weight, or quantized from its float weight."""
+    if packed is not None:
+        return tuple(packed.quant_state.shape), _packed_codes(packed)
+    weight = _linear_layout(module)
+    return tuple(weight.shape), _four_bit_codes(weight, kind, blocksize).to(torch.uint8)
 
 
 def changed_code_fraction(
     model: nn.Module, original: nn.Module, kind: Literal["nf4", "fp4"] = "nf4"
 ) -> float:
-    """Fraction of 4-bit codes that differ between Q(model) and Q(original), no forward pass."""
+    """Fraction of 4-bit codes that differ between Q(model) and Q(original), no forward pass.
+
+    A layer of either model is float (``nn.Linear`` or ``Conv1D``: quantized here) or already
+    quantized (``bnb.nn.Linear4bit``: its packed codes are read); float layers are quantized at
+    the packed layer's block size, so the same weights give the same codes either way. The fp4
+    codes of +0 and -0 count as one.
+
+    Raises:
+        ValueError: If an already quantized layer is not of quant type ``kind``, the two models
+            quantize a layer in blocks of different sizes, or a layer's shape differs.
+    """
     theirs = dict(quantized_layers(original))
     changed = total = 0
     for name, module in quantized_layers(model):
-        a = _four_bit_codes(_linear_layout(module), kind)
-        b = _four_bit_codes(_linear_layout(theirs[name]), kind)
-        changed += int((a != b).sum())
+        other = theirs[name]
+        packed = [_packed_weight(module), _packed_weight(other)]
+        blocksize = _blocksize(name, kind, [w for w in packed if w is not None])
+        shape, a = _layer_codes(module, packed[0], kind, blocksize)
+        other_shape, b = _layer_codes(other, packed[1], kind, blocksize)
+        if shape != other_shape:
+            raise ValueError(
+                f"layer {name} is {list(shape)} in the model, {list(other_shape)} in the original"
+            )
+        if kind == "fp4":  # codes 0 and 8 are +0 and -0: one value, which requantizing keeps as 0
+            a, b = a.masked_fill(a == 8, 0), b.masked_fill(b == 8, 0)
+        changed += int((a != b.to(a.device)).sum())
         total += a.numel()
     return changed / total if total else 0.0
 

@@ -33,6 +33,7 @@ from unlearncheck.backends.capabilities import Capability, ScoringModel
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Probe, question_of, statement_of
+from unlearncheck.specs import SPREAD
 from unlearncheck.verdict import AttackOutcome
 
 __all__ = [
@@ -201,29 +202,50 @@ def _quantized(kind: quantization.QuantKind) -> Derive:
 
 def _quantized_variant(model: HFModel, kind: quantization.QuantKind) -> HFModel:
     """``model`` with bitsandbytes ``kind`` weights: real 4/8-bit layers on CUDA when the model was
-    loaded from a directory, else every quantized layer's weight quantize→dequantized."""
+    loaded from a directory (reloaded as `_reload_options` says), else every quantized layer's
+    weight quantize→dequantized. The variant keeps the model's tokenizer and prompt format."""
     if model.device.type == "cuda" and model.source is not None:
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM
 
-        config = (
-            BitsAndBytesConfig(load_in_8bit=True)
-            if kind == "int8"
-            else BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=torch.bfloat16
-            )
-        )
-        loaded = AutoModelForCausalLM.from_pretrained(
-            model.source, use_safetensors=True, quantization_config=config, device_map="cuda"
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(model.source, **_reload_options(model, kind))
         return model.variant(loaded, label=kind)
     weights = copy.deepcopy(model.model)
     quantization.quantize_model_(weights, kind)
     return model.variant(weights, label=kind)
 
 
+def _reload_options(model: HFModel, kind: quantization.QuantKind) -> dict[str, Any]:
+    """The ``from_pretrained`` options that reload a CUDA ``model``'s checkpoint with real
+    bitsandbytes ``kind`` layers as `HFModel.load` read it: on its device (spread over the GPUs
+    when it was), in its dtype (so its layers are quantized from the weights the model holds),
+    reading pickle weights and running remote code only when it did."""
+    from transformers import BitsAndBytesConfig
+
+    config = (
+        BitsAndBytesConfig(load_in_8bit=True)
+        if kind == "int8"
+        else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    )
+    options = model.load_options
+    device = model.device
+    if device.index is None:  # "cuda": the current device, where `HFModel.load` put it
+        device = torch.device("cuda", torch.cuda.current_device())
+    return {
+        "quantization_config": config,
+        "device_map": SPREAD if options.get("device") == SPREAD else {"": device},
+        "dtype": model.model.dtype,
+        "use_safetensors": None if options.get("allow_pickle") else True,
+        "trust_remote_code": bool(options.get("trust_remote_code")),
+    }
+
+
 def _changed_codes(kind: quantization.QuantKind) -> Evidence:
     """Evidence of a 4-bit attack: the share of codes that differ between Q(model) and
-    Q(original) (0% means quantization maps the model back onto the original)."""
+    Q(original) (0% means quantization maps the model back onto the original). A variant with
+    real 4-bit layers (CUDA) gives its packed codes, one with float weights (CPU) its requantized
+    ones: the same codes (`quantization.changed_code_fraction`)."""
 
     def evidence(
         variant: HFModel, original: HFModel | None, context: ProbeContext, scorer: ClaimScorer

@@ -107,6 +107,9 @@ class HFModel:
         self.spec = spec
         #: The checkpoint directory the model was loaded from (None for derived models).
         self.source: Path | None = None
+        #: The options `load` was given (device, allow_pickle, trust_remote_code), for a reload
+        #: of `source` (the quantization attacks' real 4/8-bit layers); empty for derived models.
+        self.load_options: dict[str, object] = {}
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -165,6 +168,11 @@ class HFModel:
         )
         loaded = cls(model, tokenizer, spec=spec, device=target, prompt_format=prompt_format)
         loaded.source = path
+        loaded.load_options = {
+            "device": device,
+            "allow_pickle": allow_pickle,
+            "trust_remote_code": trust_remote_code,
+        }
         return loaded
 
     @classmethod
