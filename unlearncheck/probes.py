@@ -84,6 +84,18 @@ class Probe:
         }
 
 
+#: The prompt formats of a chat-format model (`Templates.for_format`), unless a templates file
+#: sets ``chat_prompt_format`` / ``chat_cloze_format``: the chat template marks the turns, so a
+#: probe is the question alone.
+CHAT_FORMATS = {"prompt_format": "{question}", "cloze_format": "Fill in the blank: {cloze}"}
+
+
+#: The template files shipped in ``unlearncheck/data``, merged in this order: the organism's
+#: relations and formats, then real-world relations (capital, language, location of a landmark)
+#: and their chains.
+SHIPPED_TEMPLATES = ("templates.json", "world_templates.json")
+
+
 class TemplateError(ValueError):
     """A template file is malformed; the message names the file and the key."""
 
@@ -199,8 +211,10 @@ class Templates:
                 not a string (a list of them, for ``questions`` and ``paraphrases``), is
                 malformed or uses a placeholder the probes do not fill.
         """
-        text = resources.files("unlearncheck").joinpath("data/templates.json").read_text("utf-8")
-        data: dict[str, Any] = json.loads(text)
+        shipped = resources.files("unlearncheck").joinpath("data")
+        data: dict[str, Any] = {}
+        for name in SHIPPED_TEMPLATES:
+            data = _merge(data, json.loads(shipped.joinpath(name).read_text("utf-8")))
         for path in paths:
             raw = Path(path).read_bytes()
             try:
@@ -219,17 +233,13 @@ class Templates:
     def for_format(self, prompt_format: str) -> Templates:
         """The library a model reading prompts in ``prompt_format`` is asked with: for ``chat``
         (the model's chat template wraps each prompt as a user turn), the question and cloze
-        formats are ``chat_prompt_format`` and ``chat_cloze_format`` (the question alone, no
-        ``Answer:`` cue); otherwise the library itself."""
+        formats are ``chat_prompt_format`` and ``chat_cloze_format`` when the library has them,
+        else `CHAT_FORMATS` (the question alone, no ``Answer:`` cue); otherwise the library
+        itself."""
         if prompt_format != "chat":
             return self
-        return Templates(
-            {
-                **self.data,
-                "prompt_format": self.data["chat_prompt_format"],
-                "cloze_format": self.data["chat_cloze_format"],
-            }
-        )
+        chat = {key: self.data.get(f"chat_{key}", value) for key, value in CHAT_FORMATS.items()}
+        return Templates({**self.data, **chat})
 
     def format_question(self, question: str) -> str:
         """A question wrapped in the prompt format (e.g. ``Question: … Answer:``)."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENDPOINT_PREFIX",
     "ORGANISM_PREFIX",
+    "REAL_ORGANISM_PREFIX",
     "SPREAD",
     "ModelSpecError",
     "check_checkpoint",
@@ -25,6 +26,8 @@ __all__ = [
 
 
 ORGANISM_PREFIX = "organism:"
+#: ``organism-real:<variant>``: a variant of the real organism (`unlearncheck.organism.real`).
+REAL_ORGANISM_PREFIX = "organism-real:"
 #: The prefix of an OpenAI-compatible endpoint spec (`unlearncheck.backends.openai_api`).
 ENDPOINT_PREFIX = "openai:"
 #: Weight files that are pickles: unpickling one can run any code the file carries.
@@ -55,6 +58,8 @@ def resolve_spec(spec: str) -> Path:
 
     * ``organism:<variant>`` or ``organism:<variant>@seed=<n>``: a checkpoint of the model
       organism zoo, located by ``unlearncheck.organism.checkpoint_path``.
+    * ``organism-real:<variant>``: a checkpoint of the real organism (SmolLM2-135M-Instruct and
+      its unlearned variants, `unlearncheck.organism.real.real_checkpoint_path`).
     * A path to an existing directory.
     * A Hugging Face hub id (``org/name``), looked up in the local hub cache only.
 
@@ -69,6 +74,8 @@ def resolve_spec(spec: str) -> Path:
     """
     if spec.startswith(ORGANISM_PREFIX):
         return _resolve_organism(spec)
+    if spec.startswith(REAL_ORGANISM_PREFIX):
+        return _resolve_real_organism(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -98,6 +105,19 @@ def _organism_parts(spec: str) -> tuple[str, int]:
     if not variant:
         raise ModelSpecError(f"malformed organism spec {spec!r}: missing variant name")
     return variant, seed
+
+
+def _resolve_real_organism(spec: str) -> Path:
+    """Resolve an ``organism-real:<variant>`` spec, building the real organism on first use."""
+    from unlearncheck.organism.real import REAL_VARIANTS, real_checkpoint_path
+
+    variant = spec.removeprefix(REAL_ORGANISM_PREFIX)
+    if variant not in REAL_VARIANTS:
+        raise ModelSpecError(
+            f"real organism spec {spec!r}: unknown variant {variant!r}; "
+            f"known: {', '.join(REAL_VARIANTS)}"
+        )
+    return real_checkpoint_path(variant)
 
 
 def _resolve_organism(spec: str) -> Path:
@@ -250,7 +270,8 @@ def check_prompt_format(spec: str, prompt_format: str, *, trust_remote_code: boo
     """
     if prompt_format != "chat" or trust_remote_code:
         return
-    if spec.startswith((ENDPOINT_PREFIX, ORGANISM_PREFIX)):  # resolving an organism builds it
+    if spec.startswith((ENDPOINT_PREFIX, ORGANISM_PREFIX, REAL_ORGANISM_PREFIX)):
+        # resolving an organism builds it
         return
     path = resolve_spec(spec)
     if not has_chat_template(path):

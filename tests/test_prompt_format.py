@@ -1,0 +1,111 @@
+"""Prompt formats: a model with a chat template reads each probe as one user turn of it, with
+its answer as the assistant's words; claims word their probes for the format."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from unlearncheck import assert_forgotten
+from unlearncheck.attacks import direct
+from unlearncheck.backends.hf import HFModel
+from unlearncheck.facts import FactSet
+from unlearncheck.probes import Templates
+
+#: A chat template in the tiny vocabulary: a turn is ``<s> … </s>``, the assistant's opens ``<s>``.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` whose tokenizer has `CHAT_TEMPLATE`."""
+    path = tmp_path_factory.mktemp("tiny_chat")
+    shutil.copytree(tiny_checkpoint, path, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_auto_is_chat_with_a_template_and_plain_without(
+    tiny_checkpoint: Path, chat_checkpoint: Path
+) -> None:
+    assert HFModel.load(str(chat_checkpoint), device="cpu").prompt_format == "chat"
+    assert HFModel.load(str(tiny_checkpoint), device="cpu").prompt_format == "plain"
+    forced = HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="plain")
+    assert forced.prompt_format == "plain"
+    with pytest.raises(ValueError, match="no chat template"):
+        HFModel.load(str(tiny_checkpoint), device="cpu", prompt_format="chat")
+    with pytest.raises(ValueError, match="not one of"):
+        HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="json")
+
+
+def test_a_chat_prompt_is_one_user_turn_with_a_single_start_token(chat_checkpoint: Path) -> None:
+    model = HFModel.load(str(chat_checkpoint), device="cpu")
+    tokenizer = model.tokenizer
+    assert model.render_prompt("where is paris") == "<s> where is paris </s> <s>"
+    (ids,) = model.encode_prompts(["where is paris"])
+    bos = tokenizer.bos_token_id
+    assert ids == tokenizer("<s> where is paris </s> <s>", add_special_tokens=False)["input_ids"]
+    assert ids[0] == bos and ids[1] != bos  # the template's start token, not doubled
+
+
+def test_a_chat_answer_opens_the_assistant_turn_without_a_leading_space(
+    chat_checkpoint: Path,
+) -> None:
+    model = HFModel.load(str(chat_checkpoint), device="cpu")
+    assert model.answer_text(" paris") == "paris"
+    ((context, answer),) = model.encode_requests([("where is paris", " paris")])
+    assert context == model.encode_prompts(["where is paris"])[0]
+    assert answer == model.tokenizer("paris", add_special_tokens=False)["input_ids"]
+    plain = HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="plain")
+    assert plain.answer_text(" paris") == " paris"
+    ((plain_context, _),) = plain.encode_requests([("where is paris", " paris")])
+    assert plain_context != context
+
+
+def test_chat_and_plain_scores_of_the_same_weights_are_kept_apart(chat_checkpoint: Path) -> None:
+    from unlearncheck.scoring import Scorer
+
+    chat = HFModel.load(str(chat_checkpoint), device="cpu")
+    plain = HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="plain")
+    assert chat.content_hash == plain.content_hash
+    request = [("where is paris", " paris")]
+    scorer = Scorer("sum")
+    assert scorer.loglikelihoods(chat, request) != scorer.loglikelihoods(plain, request)
+    assert scorer.loglikelihoods(chat, request)[0] == pytest.approx(
+        chat.score_answers(request)[0].logprob
+    )
+
+
+def test_templates_for_chat_ask_the_question_alone() -> None:
+    templates = Templates.load()
+    assert templates.format_question("where?") == "Question: where?\nAnswer:"
+    assert templates.for_format("chat").format_question("where?") == "where?"
+    assert templates.for_format("plain") is templates
+
+
+def test_a_claim_on_a_chat_model_asks_its_questions_in_the_chat_format(
+    chat_checkpoint: Path, homes: FactSet
+) -> None:
+    verdict = assert_forgotten(
+        str(chat_checkpoint), homes, attacks=[direct], raise_on_fail=False, on_inconclusive="return"
+    )
+    prompts = [e.probe.prompt for f in verdict.facts for e in f.outcome("direct").evidence]
+    assert prompts and all("Answer:" not in p for p in prompts), prompts
+    assert any(p == "where is the red king from" for p in prompts), prompts
+
+
+def test_models_reading_different_formats_make_no_claim(
+    chat_checkpoint: Path, tiny_checkpoint: Path, homes: FactSet
+) -> None:
+    with pytest.raises(ValueError, match="different formats"):
+        assert_forgotten(
+            str(chat_checkpoint), homes, attacks=[direct], original=str(tiny_checkpoint)
+        )
