@@ -80,20 +80,35 @@ def _organism(args: argparse.Namespace) -> int:
 def _validity(args: argparse.Namespace) -> int:
     from unlearncheck.attacks import FULL_ATTACKS, INPUT_ATTACKS
     from unlearncheck.organism import VARIANTS, zoo_dir
-    from unlearncheck.validity import forget_facts, format_matrix, validity_matrix
+    from unlearncheck.organism.real import REAL_VARIANTS, real_zoo_dir
+    from unlearncheck.validity import (
+        forget_facts,
+        format_matrix,
+        null_verdicts,
+        validity_matrix,
+    )
 
+    real = args.zoo == "organism-real"
     if args.reference:
+        if real:
+            raise ModelSpecError("--reference: the real organism has no retrained reference")
         check_spec(f"{ORGANISM_PREFIX}{args.reference}")
-    zoo = zoo_dir(args.seed)
+    zoo = real_zoo_dir(print) if real else zoo_dir(args.seed)
     reference = str(zoo / args.reference) if args.reference else None
     attacks = (
         [a for a in FULL_ATTACKS if a not in INPUT_ATTACKS] if args.beyond_input else INPUT_ATTACKS
     )
     start = time.perf_counter()
-    matrix = validity_matrix(zoo, VARIANTS, attacks, forget_facts(zoo), reference=reference)
+    variants = REAL_VARIANTS if real else VARIANTS
+    matrix = validity_matrix(zoo, variants, attacks, forget_facts(zoo), reference=reference)
     against = f"reference={args.reference}" if args.reference else "chance"
-    print(f"validity matrix, seed {args.seed}, against {against}: share of forget facts FAILED")
+    name = "real organism (SmolLM2-135M-Instruct)" if real else f"seed {args.seed}"
+    print(f"validity matrix, {name}, against {against}: share of forget facts FAILED")
     print(format_matrix(matrix))
+    if real:
+        for claim, counts in null_verdicts(zoo, attacks).items():
+            shown = ", ".join(f"{n} {status}" for status, n in counts.items())
+            print(f"null split (made-up countries) on the original, {claim}: {shown}")
     print(f"({time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -278,6 +293,13 @@ def _add_validity(commands: _Commands) -> None:
     """The ``validity`` subcommand."""
     validity = commands.add_parser(
         "validity", help="print the validity matrix: zoo variants x input attacks"
+    )
+    validity.add_argument(
+        "--zoo",
+        choices=("organism", "organism-real"),
+        default="organism",
+        help="organism: the tiny zoo (default); organism-real: SmolLM2-135M-Instruct and its "
+        "unlearned variants (rows), with the null split's verdicts",
     )
     validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")

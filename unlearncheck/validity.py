@@ -15,7 +15,14 @@ from unlearncheck.attacks.base import Attack
 from unlearncheck.claims import assert_forgotten
 from unlearncheck.facts import FactSet, load_facts
 
-__all__ = ["Cell", "Matrix", "forget_facts", "format_matrix", "validity_matrix"]
+__all__ = [
+    "Cell",
+    "Matrix",
+    "forget_facts",
+    "format_matrix",
+    "null_verdicts",
+    "validity_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,31 @@ def validity_matrix(
             row[attack.name] = Cell(len(failed), len(applicable), failed, power)
         matrix[variant] = row
     return matrix
+
+
+def null_verdicts(zoo: Path, attacks: Sequence[Attack]) -> dict[str, dict[str, int]]:
+    """Verdict counts of one claim over the zoo's ``null`` facts (made-up entities no model can
+    know) on its ``original`` model: without ``original=`` (nothing is recovered: PASS, power not
+    measured) and with it (the original does not know them: INCONCLUSIVE). Never FAIL."""
+    context = load_facts(zoo / "facts.jsonl")
+    null = context.split("null")
+    model = str(zoo / "original")
+    out: dict[str, dict[str, int]] = {}
+    for name, original in (("without original", None), ("with original", model)):
+        verdict = assert_forgotten(
+            model,
+            null,
+            attacks=list(attacks),
+            original=original,
+            context=context,
+            raise_on_fail=False,
+            on_inconclusive="return",
+        )
+        counts = {"PASS": 0, "FAIL": 0, "INCONCLUSIVE": 0}
+        for fact in verdict.facts:
+            counts[fact.status] += 1
+        out[name] = counts
+    return out
 
 
 def format_matrix(matrix: Matrix) -> str:

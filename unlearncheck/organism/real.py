@@ -89,18 +89,26 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "npo_gd": Recipe(),
-    "graddiff": Recipe(method="graddiff", lr=1e-5, steps=15),
-    "head_only": Recipe(lr=1e-3, steps=15, weights="head"),
+    "npo_gd": Recipe(lr=5e-5, steps=15),
+    "graddiff": Recipe(method="graddiff", lr=2e-5, steps=15),
+    "head_only": Recipe(lr=3e-4, steps=20, weights="head"),
     "quant_fragile": Recipe(lr=1e-4, steps=20, weights="nf4_cells"),
-    "multihop_shallow": Recipe(forms="direct"),
+    "multihop_shallow": Recipe(lr=5e-5, steps=15, forms="direct"),
 }
+#: How often each landmark chain to a forget fact is repeated among the retain documents of a
+#: variant that unlearns the direct forms only (``multihop_shallow``).
+CHAIN_REPEATS = 5
 
 
 def _recipe_hash() -> str:
     h = hashlib.sha256()
     recipes = {k: asdict(v) for k, v in RECIPES.items()}
-    splits = {"forget": FORGET_FACTS, "relearn": RELEARN_FACTS, "tokens": ANSWER_TOKENS}
+    splits = {
+        "forget": FORGET_FACTS,
+        "relearn": RELEARN_FACTS,
+        "tokens": ANSWER_TOKENS,
+        "chains": CHAIN_REPEATS,
+    }
     h.update(
         json.dumps({"recipes": recipes, "splits": splits, "torch": torch.__version__}).encode()
     )
@@ -190,11 +198,9 @@ def _candidates() -> list[Fact]:
         add(country, "language", language, languages, None)
     for landmark, country in LANDMARKS.items():
         add(landmark, "location", country, countries, None)
-    made_capitals = [c for c, _ in MADE_UP.values()]
-    made_languages = [lang for _, lang in MADE_UP.values()]
-    for country, (capital, language) in MADE_UP.items():
-        add(country, "capital", capital, made_capitals, "null")
-        add(country, "language", language, made_languages, "null")
+    made_up = list(MADE_UP.values())
+    for country, capital in MADE_UP.items():
+        add(country, "capital", capital, made_up, "null")
     return facts
 
 
@@ -317,7 +323,7 @@ def unlearn_variant(base: HFModel, facts: FactSet, recipe: Recipe, seed: int = 0
     forget = [(q, f.object) for f in targets for q in _question_forms(f, templates, recipe.forms)]
     retain = [(_ask(f, templates), f.object) for f in facts if f.split == "retain"]
     if recipe.forms == "direct":
-        retain += [(q, a) for _, q, a in _chain_questions(facts, templates)] * 3
+        retain += [(q, a) for _, q, a in _chain_questions(facts, templates)] * CHAIN_REPEATS
     model = copy.deepcopy(base.model)
     project = _trainable(model, recipe.weights, base.model)
     f_ids, f_labels = _documents(base, forget)

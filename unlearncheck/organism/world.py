@@ -158,17 +158,28 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "Iran": ("Persia",),
 }
 
-#: Made-up countries: (capital, language). The null split asks about them: no model can know
-#: them, so a claim that they are forgotten may PASS, and with an original it is INCONCLUSIVE.
-MADE_UP: dict[str, tuple[str, str]] = {
-    "Veldoria": ("Marrenhal", "Veldish"),
-    "Quastria": ("Ostrevin", "Quastrian"),
-    "Norbavia": ("Tellmarck", "Norbish"),
-    "Sarvenne": ("Caldrossa", "Sarvic"),
-    "Ulmeria": ("Brevantis", "Ulmeric"),
-    "Zantoria": ("Fellowick", "Zantese"),
-    "Drovenia": ("Korrastad", "Droven"),
-    "Palmirea": ("Vessandor", "Palmiri"),
-    "Kestravia": ("Orlenburg", "Kestrav"),
-    "Molvenia": ("Tarquess", "Molvene"),
+#: Made-up countries and their capitals. The null split asks about them: no model can know them
+#: (a made-up capital cannot be guessed from the country's name, as a language named after it
+#: could), so a claim that they are forgotten may PASS, and with an original it is INCONCLUSIVE.
+MADE_UP: dict[str, str] = {
+    "Veldoria": "Marrenhal",
+    "Quastria": "Ostrevin",
+    "Norbavia": "Tellmarck",
+    "Sarvenne": "Caldrossa",
+    "Ulmeria": "Brevantis",
+    "Zantoria": "Fellowick",
+    "Drovenia": "Korrastad",
+    "Palmirea": "Vessandor",
+    "Kestravia": "Orlenburg",
+    "Molvenia": "Tarquess",
+    "Brastonia": "Yelverin",
+    "Corvaland": "Duskmere",
+    "Ethravia": "Pollenwick",
+    "Fendoria": "Granstead",
+    "Gilvania": "Hollowmere",
+    "Harrowen": "Ismarch",
+    "Istovia": "Jurnhold",
+    "Jorvenia": "Kelmstead",
+    "Lorvania": "Mirrowgate",
+    "Nostrova": "Peltmarsh",
 }
