@@ -128,9 +128,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark ``slow`` every test that needs the organism zoo (its fixtures include ``zoo``, or it
     is in `ZOO_TESTS`) or runs pytest sessions in subprocesses (`SESSION_TESTS`): ``pytest tests
     -m "not slow"`` is the fast tier, which needs no zoo."""
+    real = pytest.mark.skip(
+        reason="needs the real organism (SmolLM2-135M-Instruct, the 'real' extra; built once, "
+        "about 15 min on 2 CPU cores): pass --real-organism"
+    )
     for item in items:
-        if "zoo" in getattr(item, "fixturenames", ()) or _listed(item, ZOO_TESTS, SESSION_TESTS):
+        fixtures = getattr(item, "fixturenames", ())
+        if "zoo" in fixtures or _listed(item, ZOO_TESTS, SESSION_TESTS):
             item.add_marker(pytest.mark.slow)
+        if "real_zoo" in fixtures:
+            item.add_marker(pytest.mark.slow)
+            if not config.getoption("real_organism"):
+                item.add_marker(real)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--real-organism``: run the tests of the real organism (they build it on first use)."""
+    parser.addoption(
+        "--real-organism",
+        action="store_true",
+        default=False,
+        help="run the real organism's tests (SmolLM2-135M-Instruct; built once, minutes)",
+    )
 
 
 def _listed(item: pytest.Item, *tables: dict[str, set[str]]) -> bool:
@@ -146,6 +165,14 @@ def zoo() -> Path:
     from unlearncheck.organism import zoo_dir
 
     return zoo_dir(0)
+
+
+@pytest.fixture(scope="session")
+def real_zoo() -> Path:
+    """The real organism (built on first use, then read from the cache)."""
+    from unlearncheck.organism.real import real_zoo_dir
+
+    return real_zoo_dir()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet, load_facts
 from unlearncheck.organism.knowledge import PERSON_RELATIONS, load_templates
 
-__all__ = ["accuracy", "format_table", "zoo_table"]
+__all__ = ["accuracy", "format_comparison", "format_table", "zoo_table"]
 
 
 _TEMPLATES = load_templates()
@@ -145,3 +145,27 @@ def format_table(
     for variant, row in table.items():
         lines.append(variant.ljust(18) + "".join(f"{row[c]:14.2f}" for c in columns))
     return "\n".join(lines)
+
+
+def format_comparison(checkpoint: Path, facts: FactSet) -> dict[str, dict[str, float]]:
+    """Greedy accuracy (the answer within `unlearncheck.organism.real.ANSWER_TOKENS` generated
+    tokens) and mean p̂ (the answer's share among it and its distractors) of a checkpoint on
+    ``facts``, asked in each prompt format it reads: ``plain`` and, with a chat template, ``chat``.
+    """
+    from unlearncheck.organism.real import answers
+    from unlearncheck.probes import Templates, question_of
+    from unlearncheck.scoring import Scorer
+
+    out: dict[str, dict[str, float]] = {}
+    for prompt_format in ("plain", "chat"):
+        model = HFModel.load(str(checkpoint), device="cpu", prompt_format=prompt_format)
+        templates = Templates.load().for_format(prompt_format)
+        prompts = [templates.format_question(str(question_of(f, templates))) for f in facts]
+        hits = answers(model, prompts, [f.object for f in facts])
+        items = [(p, [f.object, *f.distractors]) for p, f in zip(prompts, facts, strict=True)]
+        p_hat = [float(d[0]) for d in Scorer().distributions(model, items)]
+        out[prompt_format] = {
+            "greedy": round(sum(hits) / len(hits), 3),
+            "p_hat": round(sum(p_hat) / len(p_hat), 3),
+        }
+    return out

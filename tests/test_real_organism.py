@@ -1,0 +1,58 @@
+"""The real organism (SmolLM2-135M-Instruct and its unlearned variants): the chat format is what
+it answers in, the null split never FAILs, and each planted failure is caught by its attack.
+
+These tests run with ``--real-organism`` (the organism is built on first use: minutes on 2 CPU
+cores; see the README); without it they are skipped, and say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unlearncheck.attacks import direct, multihop
+from unlearncheck.attacks.hidden_readout import hidden_probe
+from unlearncheck.attacks.model import quant4, relearn
+from unlearncheck.facts import load_facts
+from unlearncheck.organism.evaluate import format_comparison
+from unlearncheck.organism.real import REAL_VARIANTS
+from unlearncheck.validity import Matrix, forget_facts, null_verdicts, validity_matrix
+
+ATTACKS = (direct, multihop, quant4, hidden_probe, relearn)
+
+
+@pytest.fixture(scope="module")
+def matrix(real_zoo: Path) -> Matrix:
+    return validity_matrix(real_zoo, REAL_VARIANTS, ATTACKS, forget_facts(real_zoo))
+
+
+def test_the_base_answers_its_forget_facts_better_in_its_chat_format(real_zoo: Path) -> None:
+    compared = format_comparison(real_zoo / "original", forget_facts(real_zoo))
+    assert compared["chat"]["greedy"] == 1.0  # the facts were chosen as those it answers in chat
+    assert compared["plain"]["greedy"] < compared["chat"]["greedy"]
+
+
+def test_the_null_split_passes_without_an_original_and_is_inconclusive_with_it(
+    real_zoo: Path,
+) -> None:
+    null = len(load_facts(real_zoo / "facts.jsonl").split("null"))
+    counts = null_verdicts(real_zoo, [direct, quant4])
+    assert counts["without original"] == {"PASS": null, "FAIL": 0, "INCONCLUSIVE": 0}
+    assert counts["with original"] == {"PASS": 0, "FAIL": 0, "INCONCLUSIVE": null}
+
+
+def test_the_original_fails_on_every_attack_with_power(matrix: Matrix) -> None:
+    for attack, cell in matrix["original"].items():
+        assert cell.applicable and cell.rate >= 0.9, (attack, cell)
+
+
+@pytest.mark.parametrize(
+    ("variant", "attack"),
+    [("quant_fragile", "quant4"), ("head_only", "hidden_probe"), ("multihop_shallow", "multihop")],
+)
+def test_each_planted_failure_is_caught_by_its_attack_beyond_direct_questions(
+    matrix: Matrix, variant: str, attack: str
+) -> None:
+    row = matrix[variant]
+    assert row[attack].failed > row["direct"].failed, row
