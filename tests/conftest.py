@@ -94,6 +94,28 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: A chat template in the tiny vocabulary: a turn is ``<s> … </s>``, the assistant's opens ``<s>``.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` whose tokenizer has `CHAT_TEMPLATE`."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_chat")
+    shutil.copytree(tiny_checkpoint, path, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path
+
+
 #: Tests that need the organism zoo without the ``zoo`` fixture, by module: they load
 #: ``organism:`` models, read the zoo's facts (module fixtures, the CLI) or ask for the zoo's
 #: fixtures by name at run time.

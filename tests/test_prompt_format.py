@@ -3,34 +3,15 @@ its answer as the assistant's words; claims word their probes for the format."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from unlearncheck import assert_forgotten
 from unlearncheck.attacks import direct
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
 from unlearncheck.probes import Templates
-
-#: A chat template in the tiny vocabulary: a turn is ``<s> … </s>``, the assistant's opens ``<s>``.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}<s>{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def chat_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny_checkpoint` whose tokenizer has `CHAT_TEMPLATE`."""
-    path = tmp_path_factory.mktemp("tiny_chat")
-    shutil.copytree(tiny_checkpoint, path, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_auto_is_chat_with_a_template_and_plain_without(
