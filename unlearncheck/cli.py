@@ -93,11 +93,22 @@ def _validity(args: argparse.Namespace) -> int:
         if real:
             raise ModelSpecError("--reference: the real organism has no retrained reference")
         check_spec(f"{ORGANISM_PREFIX}{args.reference}")
-    zoo = real_zoo_dir(print) if real else zoo_dir(args.seed)
-    reference = str(zoo / args.reference) if args.reference else None
     attacks = (
         [a for a in FULL_ATTACKS if a not in INPUT_ATTACKS] if args.beyond_input else INPUT_ATTACKS
     )
+    if args.attacks:
+        by_name = {a.name: a for a in FULL_ATTACKS}
+        unknown = [n for n in args.attacks.split(",") if n not in by_name]
+        if unknown:
+            known = ", ".join(by_name)
+            print(
+                f"unlearncheck validity: --attacks: unknown attack {unknown[0]!r}; known: {known}",
+                file=sys.stderr,
+            )
+            return 2
+        attacks = [by_name[n] for n in args.attacks.split(",")]
+    zoo = real_zoo_dir(print) if real else zoo_dir(args.seed)
+    reference = str(zoo / args.reference) if args.reference else None
     start = time.perf_counter()
     variants = REAL_VARIANTS if real else VARIANTS
     matrix = validity_matrix(zoo, variants, attacks, forget_facts(zoo), reference=reference)
@@ -307,6 +318,11 @@ def _add_validity(commands: _Commands) -> None:
         "--beyond-input",
         action="store_true",
         help="columns: the model and readout attacks instead of the input attacks",
+    )
+    validity.add_argument(
+        "--attacks",
+        help="columns: these attacks, comma-separated (e.g. direct,multihop,quant4,hidden_probe,"
+        "relearn), instead of the input attacks",
     )
     validity.set_defaults(run=_validity)
 
