@@ -60,13 +60,21 @@ def _organism(args: argparse.Namespace) -> int:
     from unlearncheck.organism.evaluate import format_table, zoo_table
 
     if args.base == "smollm2":
+        from unlearncheck.organism.evaluate import format_comparison
         from unlearncheck.organism.real import write_real_zoo
+        from unlearncheck.validity import forget_facts
 
         start = time.perf_counter()
         out = write_real_zoo(args.out, log=print)
         print(f"real organism (SmolLM2-135M-Instruct): {out} ({time.perf_counter() - start:.1f} s)")
         table = json.loads((out / "table.json").read_text())
         print(format_table(table, columns=list(next(iter(table.values())))))
+        compared = format_comparison(out / "original", forget_facts(out))
+        for prompt_format, row in compared.items():
+            print(
+                f"base on the forget facts, {prompt_format} format: greedy {row['greedy']:.2f}, "
+                f"mean p̂ {row['p_hat']:.2f}"
+            )
         return 0
     for seed in args.seeds:
         start = time.perf_counter()
