@@ -90,3 +90,21 @@ def test_models_reading_different_formats_make_no_claim(
         assert_forgotten(
             str(chat_checkpoint), homes, attacks=[direct], original=str(tiny_checkpoint)
         )
+
+
+def test_relearning_documents_are_chat_exchanges_for_a_chat_model(
+    chat_checkpoint: Path, tiny_checkpoint: Path
+) -> None:
+    from unlearncheck.attacks.model import _encode_documents
+
+    docs = [("where is the red king from", "paris"), ("", "the red king is from paris")]
+    chat = HFModel.load(str(chat_checkpoint), device="cpu")
+    tokenizer = chat.tokenizer
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    exchange, text = _encode_documents(chat, docs)
+    paris = tokenizer("paris", add_special_tokens=False)["input_ids"]
+    assert exchange == [*chat.encode_prompts(["where is the red king from"])[0], *paris, eos]
+    assert text == [bos, *tokenizer("the red king is from paris")["input_ids"], eos]
+    plain = HFModel.load(str(tiny_checkpoint), device="cpu")
+    qa, _ = _encode_documents(plain, docs)
+    assert qa == [bos, *tokenizer("where is the red king from paris")["input_ids"], eos]

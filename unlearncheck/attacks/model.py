@@ -265,33 +265,54 @@ quant4_fp4 = ModelAttack(
 quant8 = ModelAttack("quant8", _quantized("int8"), "quant8:int8")
 
 
-def _relearn_texts(context: ProbeContext, split: str = "relearn") -> list[str]:
-    """The attacker's documents: each fact of ``split`` as a statement and as a question/answer."""
-    texts: list[str] = []
+#: An attacker's document: (question, answer) asked in the model's prompt format, or ("", text)
+#: for plain text.
+Document = tuple[str, str]
+
+
+def _relearn_documents(context: ProbeContext, split: str = "relearn") -> list[Document]:
+    """The attacker's documents: each fact of ``split`` as a statement (plain text) and as a
+    question with its answer (in the model's prompt format: a chat exchange for a chat model)."""
+    docs: list[Document] = []
     for fact in context.facts.split(split):
         statement = statement_of(fact, context.templates)
         question = question_of(fact, context.templates)
         if statement:
-            texts.append(statement)
+            docs.append(("", statement))
         if question:
-            texts.append(f"{context.templates.format_question(question)} {fact.object}")
-    return texts
+            docs.append((context.templates.format_question(question), fact.object))
+    return docs
+
+
+def _encode_documents(model: HFModel, docs: list[Document]) -> list[list[int]]:
+    """Token ids of each document as the model reads it, closed by the end-of-sequence token."""
+    tokenizer = model.tokenizer
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    asked = [(prompt, f" {answer}") for prompt, answer in docs if prompt]
+    pairs = iter(model.encode_requests(asked))
+    rows = []
+    for prompt, text in docs:
+        if prompt:
+            context, answer = next(pairs)
+            rows.append(context + answer + eos)
+        else:
+            rows.append(bos + tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+    return rows
 
 
 def _finetune(
-    model: HFModel, texts: list[str], *, steps: int, lr: float, batch_size: int, seed: int
+    model: HFModel, docs: list[Document], *, steps: int, lr: float, batch_size: int, seed: int
 ) -> HFModel:
-    """A copy of ``model`` fine-tuned on ``texts`` (causal LM loss, AdamW), deterministically."""
-    if not texts:
+    """A copy of ``model`` fine-tuned on ``docs`` (causal LM loss, AdamW), deterministically."""
+    if not docs:
         raise ValueError("relearn needs documents: no fact has the attacker's split")
     tuned = copy.deepcopy(model.model)
     tuned.train()
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     tokenizer = model.tokenizer
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    rows = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in texts]
+    rows = _encode_documents(model, docs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for _ in range(steps):
         pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=generator)
@@ -375,7 +396,7 @@ def make_relearn(
     key = f"relearn:{steps}:{lr or 'auto'}:{batch_size}:{seed}:{split}:{digest if texts else ''}"
 
     def derive(model: HFModel, context: ProbeContext) -> HFModel:
-        docs = texts if texts is not None else _relearn_texts(context, split)
+        docs = [("", t) for t in texts] if texts is not None else _relearn_documents(context, split)
         rate = lr if lr is not None else relearn_lr(model.model.num_parameters())
         return _finetune(model, docs, steps=steps, lr=rate, batch_size=batch_size, seed=seed)
 
