@@ -16,15 +16,36 @@ from unlearncheck.attacks.hidden_readout import hidden_probe
 from unlearncheck.attacks.model import quant4, relearn
 from unlearncheck.facts import load_facts
 from unlearncheck.organism.evaluate import format_comparison
-from unlearncheck.organism.real import REAL_VARIANTS
-from unlearncheck.validity import Matrix, forget_facts, null_verdicts, validity_matrix
+from unlearncheck.validity import (
+    Matrix,
+    forget_facts,
+    format_matrix,
+    null_verdicts,
+    validity_matrix,
+)
 
-ATTACKS = (direct, multihop, quant4, hidden_probe, relearn)
+#: The cells measured: every attack on the original (its failures and the attacks' power), and on
+#: each unlearned variant the direct questions beside the attack its planted failure is for.
+CELLS = {
+    "original": (direct, multihop, quant4, hidden_probe, relearn),
+    "npo_gd": (direct, relearn),
+    "graddiff": (direct, relearn),
+    "head_only": (direct, hidden_probe),
+    "quant_fragile": (direct, quant4),
+    "multihop_shallow": (direct, multihop),
+}
+#: Forget facts claimed (the first ones: capitals that landmark chains reach come first).
+FACTS = 16
 
 
 @pytest.fixture(scope="module")
 def matrix(real_zoo: Path) -> Matrix:
-    return validity_matrix(real_zoo, REAL_VARIANTS, ATTACKS, forget_facts(real_zoo))
+    facts = forget_facts(real_zoo)[:FACTS]
+    out: Matrix = {}
+    for variant, attacks in CELLS.items():
+        out.update(validity_matrix(real_zoo, [variant], attacks, facts))
+    print(f"\nreal organism, first {FACTS} forget facts: share FAILED\n{format_matrix(out)}")
+    return out
 
 
 def test_the_base_answers_its_forget_facts_better_in_its_chat_format(real_zoo: Path) -> None:

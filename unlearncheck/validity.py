@@ -121,16 +121,20 @@ def null_verdicts(zoo: Path, attacks: Sequence[Attack]) -> dict[str, dict[str, i
 
 def format_matrix(matrix: Matrix) -> str:
     """Fixed-width text: one row a variant, ``rate (failed/applicable)`` a cell, and a last row
-    with each attack's power on the original (the same for every variant: it is the original's)."""
+    with each attack's power on the original (the same for every variant: it is the original's),
+    taken from the first row; a cell a row did not run is ``—``."""
     first = next(iter(matrix.values()))
-    attacks = list(first)
+    attacks = list(dict.fromkeys(a for row in matrix.values() for a in row))
     lines = ["variant".ljust(18) + "".join(a.rjust(16) for a in attacks)]
     for variant, row in matrix.items():
         cells = "".join(
-            f"{row[a].rate:.2f} ({row[a].failed}/{row[a].applicable})".rjust(16) for a in attacks
+            (f"{row[a].rate:.2f} ({row[a].failed}/{row[a].applicable})" if a in row else "—").rjust(
+                16
+            )
+            for a in attacks
         )
         lines.append(variant.ljust(18) + cells)
-    power = [first[a].power for a in attacks]
+    power = [first[a].power if a in first else None for a in attacks]
     lines.append(
         "power (original)".ljust(18)
         + "".join(("—" if p is None else f"{p:.2f}").rjust(16) for p in power)
