@@ -71,13 +71,11 @@ def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_h
 
 def test_single_fact_claims_on_gold_fail_at_most_5_percent(zoo: Path, forget: FactSet) -> None:
     """A claim of one fact borrows its chance level from the other forget facts (calibration
-    peers), so the model that never saw the forget people passes almost every such claim (every
-    other forget fact: 48 claims, each with every input attack and their power runs)."""
+    peers), so the model that never saw the forget people passes almost every such claim."""
     gold = load_model(str(zoo / "gold"))
     original = load_model(str(zoo / "original"))
     context = load_facts(zoo / "facts.jsonl")
     failed = []
-    forget = forget[::2]
     for fact in forget:
         verdict = assert_forgotten(
             gold,

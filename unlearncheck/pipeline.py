@@ -274,10 +274,11 @@ class Claim:
             raise ValueError(f"assert_{kind} needs at least one fact")
         known = context_facts(claim_facts, settings.context)
         peers = calibration_peers(claim_facts, known, settings.seed) if calibrate else FactSet()
+        library = settings.templates or Templates.load()
+        _check_askable(claim_facts, library)  # before any model loads
         loaded = load_models(*models, settings.device)
-        templates = (settings.templates or Templates.load()).for_format(prompt_format(loaded))
+        templates = library.for_format(prompt_format(loaded))
         ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates, settings.seed)
-        _check_askable(claim_facts, templates)
         log = open_log(settings.runlog)
         scorer = ClaimScorer(readout, settings.tolerance, settings.alpha, strata(ctx), log)
         loaded.record(log)
