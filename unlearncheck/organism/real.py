@@ -16,12 +16,10 @@ CPU cores) and cached under `unlearncheck.organism.zoo.cache_root`, keyed by the
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +34,7 @@ from unlearncheck import quantization
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.organism.world import ALIASES, COUNTRIES, LANDMARKS, MADE_UP
-from unlearncheck.organism.zoo import cache_root
+from unlearncheck.organism.zoo import built_once, cache_root
 from unlearncheck.probes import Templates, question_of
 
 __all__ = [
@@ -121,21 +119,7 @@ def _recipe_hash() -> str:
 def real_zoo_dir(log: Callable[[str], None] = lambda _: None) -> Path:
     """The cache directory of the real organism, built on first use (safe across processes)."""
     target = cache_root() / "organism-real" / f"smollm2-{_recipe_hash()}"
-    if (target / "zoo.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "zoo.json").exists():
-            staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-            try:
-                build_real_zoo(staging, log)
-                if target.exists():
-                    shutil.rmtree(target)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return built_once(target, lambda staging: build_real_zoo(staging, log))
 
 
 def real_checkpoint_path(variant: str) -> Path:

@@ -128,6 +128,13 @@ def _recipe_hash(seed: int) -> str:
 def zoo_dir(seed: int = 0) -> Path:
     """The cache directory of the zoo for ``seed``, built on first use (safe across processes)."""
     target = cache_root() / "organism" / f"seed{seed}-{_recipe_hash(seed)}"
+    return built_once(target, lambda staging: build_zoo(staging, seed))
+
+
+def built_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build`` into a staging folder beside it unless it already holds a
+    ``zoo.json``; a lock makes processes that ask at once wait for one build, and a failed build
+    leaves nothing behind."""
     if (target / "zoo.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +143,7 @@ def zoo_dir(seed: int = 0) -> Path:
         if not (target / "zoo.json").exists():
             staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
             try:
-                build_zoo(staging, seed)
+                build(staging)
                 if target.exists():
                     shutil.rmtree(target)
                 staging.rename(target)
