@@ -146,10 +146,18 @@ SESSION_TESTS = {
 }
 
 
+#: Modules whose module fixtures take minutes (validity matrices, the gold row of the model
+#: attacks): under ``--dist loadfile`` each module runs on one worker, which computes its fixtures
+#: once, and these start first so that the workers end on short tests.
+LONG_MODULES = ("test_model_attacks.py", "test_validity.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``slow`` every test that needs the organism zoo (its fixtures include ``zoo``, or it
     is in `ZOO_TESTS`) or runs pytest sessions in subprocesses (`SESSION_TESTS`): ``pytest tests
-    -m "not slow"`` is the fast tier, which needs no zoo."""
+    -m "not slow"`` is the fast tier, which needs no zoo.
+
+    The `LONG_MODULES` come first, then the rest of the slow tier, then the fast tier."""
     real = pytest.mark.skip(
         reason="needs the real organism (SmolLM2-135M-Instruct, the 'real' extra; built once, "
         "about 15 min on 2 CPU cores): pass --real-organism"
@@ -162,6 +170,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
             if not config.getoption("real_organism"):
                 item.add_marker(real)
+    items.sort(key=_start_order)
+
+
+def _start_order(item: pytest.Item) -> tuple[bool, bool]:
+    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return module not in LONG_MODULES, item.get_closest_marker("slow") is None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

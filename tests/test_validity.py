@@ -10,7 +10,6 @@ from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.facts import FactSet
 from unlearncheck.loading import load_model
-from unlearncheck.organism import VARIANTS
 from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
 
 
@@ -20,25 +19,26 @@ def forget(zoo: Path) -> FactSet:
     return forget_facts(zoo)
 
 
+#: The rows the tests below check (`unlearncheck validity` prints every variant's row).
+ROWS = ("original", "gold", "qa_form_only", "multihop_shallow")
+ROWS_VS_GOLD = ("original",)
+
+
 @pytest.fixture(scope="module")
 def matrix(zoo: Path, forget: FactSet) -> Matrix:
-    result = validity_matrix(zoo, VARIANTS, INPUT_ATTACKS, forget)
+    result = validity_matrix(zoo, ROWS, INPUT_ATTACKS, forget)
     print("\nvalidity matrix (against chance):\n" + format_matrix(result))
     return result
 
 
 @pytest.fixture(scope="module")
 def matrix_vs_gold(zoo: Path, forget: FactSet) -> Matrix:
-    result = validity_matrix(zoo, VARIANTS, INPUT_ATTACKS, forget, reference=str(zoo / "gold"))
+    result = validity_matrix(zoo, ROWS_VS_GOLD, INPUT_ATTACKS, forget, reference=str(zoo / "gold"))
     print("\nvalidity matrix (against reference=gold):\n" + format_matrix(result))
     return result
 
 
-@pytest.mark.parametrize("calibration", ["matrix", "matrix_vs_gold"])
-def test_gold_is_failed_on_at_most_5_percent_by_every_attack(
-    calibration: str, request: pytest.FixtureRequest
-) -> None:
-    matrix: Matrix = request.getfixturevalue(calibration)
+def test_gold_is_failed_on_at_most_5_percent_by_every_attack(matrix: Matrix) -> None:
     for attack, cell in matrix["gold"].items():
         assert cell.applicable > 0, attack
         assert cell.rate <= 0.05, f"{attack}: gold failed on {sorted(cell.failed_ids)}"
@@ -58,6 +58,21 @@ def test_original_is_failed_on_at_least_95_percent_by_every_attack(matrix: Matri
 
 def test_qa_form_only_is_caught_by_paraphrase(matrix: Matrix) -> None:
     assert matrix["qa_form_only"]["paraphrase"].rate >= 0.5
+
+
+def test_against_gold_as_reference_the_original_is_caught_by_the_base_form_attacks(
+    matrix_vs_gold: Matrix,
+) -> None:
+    """With the retrained model as reference instead of chance, the original still fails on all
+    but at most 5% (or two) of the facts under the attacks that ask the fact's own forms.
+    (Multihop and incontext catch less against gold than against chance: 12 of 16 and 86 of 94
+    on this project's machine.)"""
+    for attack in ("direct", "paraphrase", "alias", "prefix"):
+        cell = matrix_vs_gold["original"][attack]
+        escaped = cell.applicable - cell.failed
+        assert escaped <= max(2, int(0.05 * cell.applicable)), (
+            f"{attack}: original failed on {cell.failed}/{cell.applicable}"
+        )
 
 
 def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_hops(

@@ -103,14 +103,16 @@ class ProbeContext:
             if self.object_of(s, fact.relation) in distractors
         }
 
-        def masked(pool: list[str]) -> list[str]:
-            return [name for name in pool if maskable.issuperset(self._borrowed[name])]
+        def masked(pool: list[str]) -> Callable[[], list[str]]:
+            return lambda: [name for name in pool if maskable.issuperset(self._borrowed[name])]
 
-        for pool in (masked(claim_words), masked(all_words), claim_words, all_words):
+        # Each pool is listed only when the ones before it left controls missing.
+        pools = (masked(claim_words), masked(all_words), lambda: claim_words, lambda: all_words)
+        for pool_of in pools:
             missing = self.n_controls - len(chosen)
             if missing <= 0:
                 break
-            fresh = [name for name in pool if name not in taken]
+            fresh = [name for name in pool_of() if name not in taken]
             picked = self.rng("made-up", fact.id).sample(fresh, min(missing, len(fresh)))
             chosen += picked
             taken.update(picked)

@@ -226,7 +226,8 @@ class SampledProbe:
 def sample_probes(
     attack: SamplingAttack, model: GeneratingModel, probes: Sequence[Probe], seed: int
 ) -> list[SampledProbe]:
-    """Sample every probe and its control prompts on ``model``; count answer mentions."""
+    """Sample every probe, and each distinct control prompt once, on ``model``; count answer
+    mentions."""
     options: dict[str, Any] = {
         "max_new_tokens": attack.max_new_tokens,
         "do_sample": True,
@@ -235,16 +236,20 @@ def sample_probes(
         "seed": seed,
     }
     samples = scoring.generate(model, [p.prompt for p in probes], num_samples=attack.n, **options)
-    controls = [c for p in probes for c in p.control_prompts()]
-    control_samples = (
-        scoring.generate(model, controls, num_samples=attack.control_n, **options)
-        if controls
-        else []
+    # Probes of one relation share most of their control prompts: each is sampled once.
+    controls = list(dict.fromkeys(c for p in probes for c in p.control_prompts()))
+    control_samples = dict(
+        zip(
+            controls,
+            scoring.generate(model, controls, num_samples=attack.control_n, **options)
+            if controls
+            else [],
+            strict=True,
+        )
     )
-    out, at = [], 0
+    out = []
     for probe, own in zip(probes, samples, strict=True):
-        theirs = control_samples[at : at + len(probe.controls)]
-        at += len(probe.controls)
+        theirs = [control_samples[c] for c in probe.control_prompts()]
         hits = [s for s in own if attack.states(s, probe.answer)]
         out.append(
             SampledProbe(
