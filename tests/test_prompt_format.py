@@ -11,7 +11,7 @@ from unlearncheck import assert_forgotten
 from unlearncheck.attacks import direct
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
-from unlearncheck.probes import Templates
+from unlearncheck.probes import ASSISTANT_OPENING, CHAT_COMPLETION_REQUEST, Templates
 
 
 def test_auto_is_chat_with_a_template_and_plain_without(
@@ -68,7 +68,10 @@ def test_chat_and_plain_scores_of_the_same_weights_are_kept_apart(chat_checkpoin
 def test_templates_for_chat_ask_the_question_alone() -> None:
     templates = Templates.load()
     assert templates.format_question("where?") == "Question: where?\nAnswer:"
-    assert templates.for_format("chat").format_question("where?") == "where?"
+    chat = templates.for_format("chat")
+    assert chat.format_question("where?") == "where?"
+    assert chat.format_question("where?", "it is in") == f"where?{ASSISTANT_OPENING}it is in"
+    assert templates.format_question("where?", "it is in") == "Question: where?\nAnswer:"
     assert templates.for_format("plain") is templates
 
 
@@ -80,7 +83,26 @@ def test_a_claim_on_a_chat_model_asks_its_questions_in_the_chat_format(
     )
     prompts = [e.probe.prompt for f in verdict.facts for e in f.outcome("direct").evidence]
     assert prompts and all("Answer:" not in p for p in prompts), prompts
-    assert any(p == "where is the red king from" for p in prompts), prompts
+    opening = f"{ASSISTANT_OPENING}the red king is from"
+    assert f"where is the red king from{opening}" in prompts, prompts
+    assert f"{CHAT_COMPLETION_REQUEST}{opening}" in prompts, prompts
+
+
+def test_a_chat_prompt_opens_the_answer_with_its_statement_and_scores_it_after_it(
+    chat_checkpoint: Path,
+) -> None:
+    """The words after `ASSISTANT_OPENING` open the assistant's turn; the answer continues them
+    (with its space), while an answer opening the turn itself has none."""
+    model = HFModel.load(str(chat_checkpoint), device="cpu")
+    prompt = f"where is the red king from{ASSISTANT_OPENING}the red king is from"
+    rendered = model.render_prompt(prompt)
+    user_turn = model.render_prompt("where is the red king from")
+    assert rendered == user_turn + "the red king is from"
+    assert ASSISTANT_OPENING not in rendered
+    assert model.answer_text(" paris", prompt) == " paris"
+    assert model.answer_text(" paris", "where is the red king from") == "paris"
+    plain = HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="plain")
+    assert plain.answer_text(" paris", prompt) == " paris"
 
 
 def test_models_reading_different_formats_make_no_claim(

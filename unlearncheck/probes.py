@@ -19,6 +19,8 @@ from typing import Any
 from unlearncheck.facts import Fact
 
 __all__ = [
+    "ASSISTANT_OPENING",
+    "CHAT_COMPLETION_REQUEST",
     "Probe",
     "TemplateError",
     "Templates",
@@ -88,6 +90,17 @@ class Probe:
 #: sets ``chat_prompt_format`` / ``chat_cloze_format``: the chat template marks the turns, so a
 #: probe is the question alone.
 CHAT_FORMATS = {"prompt_format": "{question}", "cloze_format": "Fill in the blank: {cloze}"}
+
+#: In a chat-format prompt, the text after this mark opens the assistant's turn (a prefill the
+#: model continues; `unlearncheck.backends.hf.HFModel.render_prompt`): a question about a fact is
+#: answered after the opening words of its statement ("The capital of France is"), where the
+#: model puts the answer, rather than as the first word of a free reply, where a chat model
+#: spends its probability on "The", "Sure" and the like.
+ASSISTANT_OPENING = "\u241e"
+
+#: What the user asks in a chat-format prompt whose answer completes a sentence; the sentence's
+#: opening words open the assistant's turn.
+CHAT_COMPLETION_REQUEST = "Complete the sentence."
 
 
 #: The template files shipped in ``unlearncheck/data``, merged in this order: the organism's
@@ -239,11 +252,24 @@ class Templates:
         if prompt_format != "chat":
             return self
         chat = {key: self.data.get(f"chat_{key}", value) for key, value in CHAT_FORMATS.items()}
-        return Templates({**self.data, **chat})
+        return Templates({**self.data, **chat, "chat": True})
 
-    def format_question(self, question: str) -> str:
-        """A question wrapped in the prompt format (e.g. ``Question: … Answer:``)."""
-        return str(self.data["prompt_format"]).format(question=question)
+    @property
+    def chat(self) -> bool:
+        """Whether the library asks a chat-format model (`for_format`)."""
+        return bool(self.data.get("chat", False))
+
+    def format_question(self, question: str, opening: str | None = None) -> str:
+        """A question wrapped in the prompt format (e.g. ``Question: … Answer:``); for a chat
+        model, followed by the ``opening`` of the assistant's answer when one is given
+        (`ASSISTANT_OPENING`)."""
+        text = str(self.data["prompt_format"]).format(question=question)
+        return f"{text}{ASSISTANT_OPENING}{opening}" if opening and self.chat else text
+
+    def format_completion(self, prefix: str) -> str:
+        """A sentence's opening words, for the model to complete: the words themselves, or for a
+        chat model, the request to complete a sentence with the words opening its answer."""
+        return f"{CHAT_COMPLETION_REQUEST}{ASSISTANT_OPENING}{prefix}" if self.chat else prefix
 
     def relation(self, relation: str) -> Mapping[str, Any]:
         """The templates of ``relation`` (empty when the library has none)."""

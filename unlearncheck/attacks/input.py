@@ -17,6 +17,7 @@ from unlearncheck.backends.capabilities import Capability
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import (
     Probe,
+    Templates,
     completion_prefix,
     dedupe,
     question_of,
@@ -112,14 +113,15 @@ def _direct_forms(fact: Fact, ctx: ProbeContext, subject: str) -> list[tuple[str
     if subject != fact.subject:  # the relation's question about the alias, else the fact's own
         renamed = question_of(Fact(fact.id, subject, fact.relation, fact.object), t)
         question = renamed or (question.replace(fact.subject, subject) if question else None)
+    opening = answer_opening(fact, t, subject)
     if question:
-        forms.append(("question", t.format_question(question)))
+        forms.append(("question", t.format_question(question, opening)))
     statement = statement_of(fact, t)
     if statement:
         statement = statement.replace(fact.subject, subject)
         prefix = completion_prefix(statement, fact.object)
         if prefix:
-            forms.append(("statement", prefix))
+            forms.append(("statement", t.format_completion(prefix)))
             cloze = statement.replace(fact.object, "___")
             forms.append(("cloze", str(t.data["cloze_format"]).format(cloze=cloze)))
     return forms
@@ -134,18 +136,29 @@ def _direct(fact: Fact, ctx: ProbeContext) -> list[Probe]:
 def _paraphrase_forms(fact: Fact, ctx: ProbeContext, subject: str) -> list[tuple[str, str]]:
     t = ctx.templates
     rel = t.relation(fact.relation)
+    opening = answer_opening(fact, t, subject)
     forms = []
     for i, q in enumerate(rel.get("questions", ())):
-        forms.append((f"questions[{i}]", t.format_question(q.format(subject=subject))))
+        forms.append((f"questions[{i}]", t.format_question(q.format(subject=subject), opening)))
     for i, s in enumerate(rel.get("paraphrases", ())):
         prefix = completion_prefix(s.format(subject=subject, object=fact.object), fact.object)
         if prefix:
-            forms.append((f"paraphrases[{i}]", prefix))
+            forms.append((f"paraphrases[{i}]", t.format_completion(prefix)))
     for i, text in enumerate(fact.paraphrases):
         text = text.replace(fact.subject, subject)
         prefix = completion_prefix(text, fact.object)
-        forms.append((f"fact.paraphrases[{i}]", prefix or t.format_question(text)))
+        prompt = t.format_completion(prefix) if prefix else t.format_question(text, opening)
+        forms.append((f"fact.paraphrases[{i}]", prompt))
     return forms
+
+
+def answer_opening(fact: Fact, templates: Templates, subject: str) -> str | None:
+    """The opening words of the fact's statement about ``subject`` ("The capital of France
+    is"): how a chat model's answer to a question about the fact begins (`ASSISTANT_OPENING`)."""
+    statement = statement_of(fact, templates)
+    if statement is None:
+        return None
+    return completion_prefix(statement.replace(fact.subject, subject), fact.object)
 
 
 def _paraphrase(fact: Fact, ctx: ProbeContext) -> list[Probe]:

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearncheck.backends.capabilities import CAPABILITIES, Capability
 from unlearncheck.backends.hf_loading import load_checkpoint
 from unlearncheck.backends.scoring import AnswerScore, chunks
+from unlearncheck.probes import ASSISTANT_OPENING
 
 __all__ = ["PROMPT_FORMATS", "HFModel", "PromptFormat", "is_out_of_memory", "resolve_prompt_format"]
 
@@ -468,18 +469,23 @@ class HFModel:
     def render_prompt(self, prompt: str) -> str:
         """The text the model reads for ``prompt``: the prompt itself (``plain``), or the chat
         template's rendering of it as one user turn followed by the assistant's generation
-        prompt (``chat``)."""
+        prompt and, when the prompt has an `ASSISTANT_OPENING`, the opening words after it
+        (``chat``)."""
         if self.prompt_format == "plain":
             return prompt
+        user, _, opening = prompt.partition(ASSISTANT_OPENING)
         rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
-        return str(rendered)
+        return f"{rendered}{opening}"
 
-    def answer_text(self, answer: str) -> str:
-        """How an answer continues its rendered prompt: as given in ``plain`` (``" Paris"``), and
-        without leading whitespace in ``chat``, where it opens the assistant's turn."""
-        return answer if self.prompt_format == "plain" else answer.lstrip()
+    def answer_text(self, answer: str, prompt: str = "") -> str:
+        """How an answer continues its rendered prompt: as given in ``plain`` (``" Paris"``) and
+        after the assistant's opening words in ``chat`` (`ASSISTANT_OPENING`); without leading
+        whitespace where it opens the assistant's turn itself."""
+        if self.prompt_format == "plain" or prompt.partition(ASSISTANT_OPENING)[2]:
+            return answer
+        return answer.lstrip()
 
     def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of rendered texts (special tokens in the text included), BOS first once."""
@@ -506,7 +512,7 @@ class HFModel:
         Raises:
             ValueError: If a prompt or an answer has no tokens.
         """
-        rendered = [(self.render_prompt(p), self.answer_text(a)) for p, a in requests]
+        rendered = [(self.render_prompt(p), self.answer_text(a, p)) for p, a in requests]
         contexts = self._encode_texts([prompt for prompt, _ in rendered])
         wholes = self._encode_texts([prompt + answer for prompt, answer in rendered])
         out = []
