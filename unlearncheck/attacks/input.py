@@ -201,6 +201,9 @@ def _forward_chains(fact: Fact, hop: Fact, ctx: ProbeContext) -> list[Probe]:
     second = t.relation(hop.relation).get("question")
     if noun and second:
         questions.append(("composed", second.format(subject=noun)))
+    opening = _chain_opening(chain.get("statement"), fact.subject, hop.object)
+    if opening is None and noun:
+        opening = _chain_opening(t.relation(hop.relation).get("statement"), noun, hop.object)
     distractors = ctx.distractors(hop)
     controls = ctx.controls(fact)
     answers = ctx.control_answers(
@@ -211,7 +214,7 @@ def _forward_chains(fact: Fact, hop: Fact, ctx: ProbeContext) -> list[Probe]:
             fact_id=fact.id,
             attack="multihop",
             form=f"{hop.relation}:{form}",
-            prompt=t.format_question(q.format(subject=fact.subject)),
+            prompt=t.format_question(q.format(subject=fact.subject), opening),
             answer=hop.object,
             distractors=distractors,
             anchor=fact.subject,
@@ -224,6 +227,13 @@ def _forward_chains(fact: Fact, hop: Fact, ctx: ProbeContext) -> list[Probe]:
     ]
 
 
+def _chain_opening(statement: str | None, subject: str, answer: str) -> str | None:
+    """The opening words of a chain's statement about ``subject`` (`answer_opening`)."""
+    if not statement:
+        return None
+    return completion_prefix(statement.format(subject=subject, object=answer), answer)
+
+
 def _backward_chain(fact: Fact, incoming: Fact, ctx: ProbeContext) -> Probe | None:
     """The fact's question asked of the entity it is reached from (Y → X → object)."""
     t = ctx.templates
@@ -231,7 +241,8 @@ def _backward_chain(fact: Fact, incoming: Fact, ctx: ProbeContext) -> Probe | No
     question = t.relation(fact.relation).get("question")
     if not (noun and question):
         return None
-    prompt = t.format_question(question.format(subject=noun))
+    opening = _chain_opening(t.relation(fact.relation).get("statement"), noun, fact.object)
+    prompt = t.format_question(question.format(subject=noun), opening)
     base = _probe(fact, ctx, "multihop", f"via:{incoming.id}", prompt)
     return replace(
         base,
