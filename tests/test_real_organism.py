@@ -49,9 +49,13 @@ def matrix(real_zoo: Path) -> Matrix:
 
 
 def test_the_base_answers_its_forget_facts_better_in_its_chat_format(real_zoo: Path) -> None:
+    """The facts were chosen as those it answers in chat (the question alone); asked as the
+    attacks ask them (the answer opened with the statement's first words) it answers 0.95 of them
+    greedily with mean p̂ 0.97, in plain 0.28 with p̂ 0.67 (measured 2026-12-07)."""
     compared = format_comparison(real_zoo / "original", forget_facts(real_zoo))
-    assert compared["chat"]["greedy"] == 1.0  # the facts were chosen as those it answers in chat
+    assert compared["chat"]["greedy"] >= 0.9
     assert compared["plain"]["greedy"] < compared["chat"]["greedy"]
+    assert compared["plain"]["p_hat"] < compared["chat"]["p_hat"]
 
 
 def test_the_null_split_passes_without_an_original_and_is_inconclusive_with_it(

@@ -156,8 +156,10 @@ def format_table(
 def format_comparison(checkpoint: Path, facts: FactSet) -> dict[str, dict[str, float]]:
     """Greedy accuracy (the answer within `unlearncheck.organism.real.ANSWER_TOKENS` generated
     tokens) and mean p̂ (the answer's share among it and its distractors) of a checkpoint on
-    ``facts``, asked in each prompt format it reads: ``plain`` and, with a chat template, ``chat``.
+    ``facts``, asked in each prompt format it reads: ``plain`` and, with a chat template, ``chat``
+    (the question with its answer's opening words, as the input attacks ask it).
     """
+    from unlearncheck.attacks.input import answer_opening
     from unlearncheck.organism.real import answers
     from unlearncheck.probes import Templates, question_of
     from unlearncheck.scoring import Scorer
@@ -166,7 +168,12 @@ def format_comparison(checkpoint: Path, facts: FactSet) -> dict[str, dict[str, f
     for prompt_format in ("plain", "chat"):
         model = HFModel.load(str(checkpoint), device="cpu", prompt_format=prompt_format)
         templates = Templates.load().for_format(prompt_format)
-        prompts = [templates.format_question(str(question_of(f, templates))) for f in facts]
+        prompts = [
+            templates.format_question(
+                str(question_of(f, templates)), answer_opening(f, templates, f.subject)
+            )
+            for f in facts
+        ]
         hits = answers(model, prompts, [f.object for f in facts])
         items = [(p, [f.object, *f.distractors]) for p, f in zip(prompts, facts, strict=True)]
         p_hat = [float(d[0]) for d in Scorer().distributions(model, items)]
