@@ -174,8 +174,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _start_order(item: pytest.Item) -> tuple[bool, bool]:
-    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-    return module not in LONG_MODULES, item.get_closest_marker("slow") is None
+    return _module(item) not in LONG_MODULES, item.get_closest_marker("slow") is None
+
+
+def _module(item: pytest.Item) -> str:
+    """The file name of the item's test module."""
+    return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -190,9 +194,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _listed(item: pytest.Item, *tables: dict[str, set[str]]) -> bool:
     """Whether a table names the item's test function (or ``*``) under its module's file name."""
-    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     name = getattr(item, "originalname", item.name)
-    return any(name in names or "*" in names for t in tables for names in [t.get(module, set())])
+    return any(
+        name in names or "*" in names for t in tables for names in [t.get(_module(item), set())]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -41,12 +41,12 @@ def test_a_chat_answer_opens_the_assistant_turn_without_a_leading_space(
     chat_checkpoint: Path,
 ) -> None:
     model = HFModel.load(str(chat_checkpoint), device="cpu")
-    assert model.answer_text(" paris") == "paris"
+    assert model.answer_text(" paris", "where is paris") == "paris"
     ((context, answer),) = model.encode_requests([("where is paris", " paris")])
     assert context == model.encode_prompts(["where is paris"])[0]
     assert answer == model.tokenizer("paris", add_special_tokens=False)["input_ids"]
     plain = HFModel.load(str(chat_checkpoint), device="cpu", prompt_format="plain")
-    assert plain.answer_text(" paris") == " paris"
+    assert plain.answer_text(" paris", "where is paris") == " paris"
     ((plain_context, _),) = plain.encode_requests([("where is paris", " paris")])
     assert plain_context != context
 
@@ -73,6 +73,8 @@ def test_templates_for_chat_ask_the_question_alone() -> None:
     assert chat.format_question("where?", "it is in") == f"where?{ASSISTANT_OPENING}it is in"
     assert templates.format_question("where?", "it is in") == "Question: where?\nAnswer:"
     assert templates.for_format("plain") is templates
+    assert chat.chat and not templates.chat
+    assert not Templates({**templates.data, "chat": True}).chat  # a file cannot make it chat
 
 
 def test_a_claim_on_a_chat_model_asks_its_questions_in_the_chat_format(

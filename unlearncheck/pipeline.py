@@ -314,7 +314,7 @@ class Claim:
             id(attack),
             original.content_hash,
             reference.content_hash if reference is not None else None,
-            _digest([f.to_dict() for f in ctx.facts], ctx.templates.data),
+            _digest([f.to_dict() for f in ctx.facts], ctx.templates.data, ctx.templates.chat),
             ctx.seed,
             tuple(f.id for f in self.facts),
             tuple(f.id for f in ctx.claim),

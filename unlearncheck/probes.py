@@ -211,9 +211,16 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Templates:
-    """The template library: prompt formats, per-relation forms, chain and prefix templates."""
+    """The template library: prompt formats, per-relation forms, chain and prefix templates.
+
+    Attributes:
+        data: The templates, as the JSON files give them.
+        chat: Whether the library asks a chat-format model (`for_format`): questions then carry
+            their answer's opening words (`format_question`).
+    """
 
     data: Mapping[str, Any]
+    chat: bool = False
 
     @classmethod
     def load(cls, *paths: str | Path) -> Templates:
@@ -252,12 +259,7 @@ class Templates:
         if prompt_format != "chat":
             return self
         chat = {key: self.data.get(f"chat_{key}", value) for key, value in CHAT_FORMATS.items()}
-        return Templates({**self.data, **chat, "chat": True})
-
-    @property
-    def chat(self) -> bool:
-        """Whether the library asks a chat-format model (`for_format`)."""
-        return bool(self.data.get("chat", False))
+        return Templates({**self.data, **chat}, chat=True)
 
     def format_question(self, question: str, opening: str | None = None) -> str:
         """A question wrapped in the prompt format (e.g. ``Question: … Answer:``); for a chat

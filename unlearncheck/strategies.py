@@ -110,7 +110,7 @@ class Wordings:
         data = copy.deepcopy(dict(self.base.data))
         relation = data.setdefault("relations", {}).setdefault(self.fact.relation, {})
         relation.update(questions=list(self.questions), paraphrases=[])
-        return Templates(data)
+        return Templates(data, chat=self.base.chat)
 
 
 def wordings_for(

@@ -479,7 +479,7 @@ class HFModel:
         )
         return f"{rendered}{opening}"
 
-    def answer_text(self, answer: str, prompt: str = "") -> str:
+    def answer_text(self, answer: str, prompt: str) -> str:
         """How an answer continues its rendered prompt: as given in ``plain`` (``" Paris"``) and
         after the assistant's opening words in ``chat`` (`ASSISTANT_OPENING`); without leading
         whitespace where it opens the assistant's turn itself."""
