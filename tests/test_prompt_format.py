@@ -132,3 +132,32 @@ def test_relearning_documents_are_chat_exchanges_for_a_chat_model(
     plain = HFModel.load(str(tiny_checkpoint), device="cpu")
     qa, _ = _encode_documents(plain, docs)
     assert qa == [bos, *tokenizer("where is the red king from paris")["input_ids"], eos]
+
+
+def test_a_chat_claim_fails_a_model_that_learned_its_facts_in_chat_and_passes_one_that_did_not(
+    chat_checkpoint: Path, homes: FactSet
+) -> None:
+    """The tiny chat model fine-tuned on its facts as chat exchanges (each answer after its
+    statement's opening words) FAILs the claim on every fact; the same model untrained PASSes it
+    on every fact, the PASS earned by the power the direct questions show on the trained one."""
+    from unlearncheck.attacks.input import answer_opening
+    from unlearncheck.attacks.model import _finetune
+    from unlearncheck.probes import question_of
+
+    untrained = HFModel.load(str(chat_checkpoint), device="cpu")
+    chat = Templates.load().for_format("chat")
+    docs = [
+        (
+            chat.format_question(str(question_of(f, chat)), answer_opening(f, chat, f.subject)),
+            f.object,
+        )
+        for f in homes
+    ]
+    trained = _finetune(untrained, docs, steps=150, lr=1e-2, batch_size=len(docs), seed=0)
+    knows, never = (
+        assert_forgotten(model, homes, attacks=[direct], original=trained, raise_on_fail=False)
+        for model in (trained, untrained)
+    )
+    assert [f.status for f in knows.facts] == ["FAIL"] * len(homes)
+    assert [f.status for f in never.facts] == ["PASS"] * len(homes)
+    assert never.power()["direct"] == 1.0
