@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, overload
@@ -247,7 +248,14 @@ class FactSet(Sequence[Fact]):
 
     def about(self, subject: str) -> FactSet:
         """Returns the facts whose ``subject`` is ``subject``."""
-        return self.filter(lambda fact: fact.subject == subject)
+        return self._by_subject.get(subject) or FactSet()
+
+    @cached_property
+    def _by_subject(self) -> dict[str, FactSet]:
+        grouped: dict[str, list[Fact]] = {}
+        for fact in self._facts:
+            grouped.setdefault(fact.subject, []).append(fact)
+        return {subject: FactSet(group) for subject, group in grouped.items()}
 
     def next_hops(self, fact: Fact) -> FactSet:
         """Returns the facts whose subject is ``fact.object``: the second hops of a chain."""
@@ -263,7 +271,14 @@ class FactSet(Sequence[Fact]):
 
     def objects_of(self, relation: str) -> list[str]:
         """Returns the distinct objects of ``relation``, sorted."""
-        return sorted({fact.object for fact in self._facts if fact.relation == relation})
+        return list(self._objects_by_relation.get(relation, ()))
+
+    @cached_property
+    def _objects_by_relation(self) -> dict[str, tuple[str, ...]]:
+        grouped: dict[str, set[str]] = {}
+        for fact in self._facts:
+            grouped.setdefault(fact.relation, set()).add(fact.object)
+        return {relation: tuple(sorted(objects)) for relation, objects in grouped.items()}
 
 
 def load_facts(path: str | Path) -> FactSet:

@@ -75,18 +75,17 @@ def deltas(
     c = np.array(scores.controls, dtype=float).reshape(len(scores.controls), len(probe.options))
     k = len(c)
     mask = _own_answer_mask(probe, k)
-    masked = np.where(mask, c, np.nan)
     if reference is not None:
         r = np.array(reference.controls, dtype=float).reshape(c.shape)
         return reference.target, scores.target - reference.target, np.where(mask, c - r, np.nan)
     counts = mask.sum(axis=0)
-    answer = masked[:, 0]
-    baseline = float(np.nanmean(answer)) if counts[0] else 0.0
+    kept = np.where(mask, c, 0.0)
+    totals = kept.sum(axis=0)
+    baseline = float(totals[0] / counts[0]) if counts[0] else 0.0
+    peers = counts - mask  # the other controls each entry is compared with
     with np.errstate(invalid="ignore", divide="ignore"):
-        others = (np.nansum(masked, axis=0, keepdims=True) - np.nan_to_num(masked)) / (
-            counts - mask
-        )
-    chance = np.where(mask & (counts - mask > 0), masked - others, np.nan)
+        others = (totals - kept) / peers
+    chance = np.where(mask & (peers > 0), c - others, np.nan)
     return baseline, scores.target - baseline, chance
 
 

@@ -62,8 +62,8 @@ def set_batch_size(size: int | Literal["auto"]) -> None:
     _batch_size = size
 
 
-#: Answer log-likelihoods computed so far: (model key, prompt, option) → (sum, tokens).
-_LOGLIKELIHOODS: dict[tuple[str, str, str], tuple[float, int]] = {}
+#: Answer log-likelihoods computed so far: model key → (prompt, option) → (sum, tokens).
+_LOGLIKELIHOODS: dict[str, dict[tuple[str, str], tuple[float, int]]] = {}
 _score_cache: ScoreCache | None = None
 #: Batches scored between two commits to the on-disk cache (what an interruption can lose).
 _BATCHES_PER_COMMIT = 4
@@ -84,8 +84,7 @@ def forget_scores() -> None:
 
 def scored_requests(model: ScoringModel) -> list[tuple[str, str]]:
     """Every (prompt, continuation) scored on ``model`` in this process, sorted."""
-    key = _model_key(model)
-    return sorted((prompt, option) for k, prompt, option in _LOGLIKELIHOODS if k == key)
+    return sorted(_LOGLIKELIHOODS.get(_model_key(model), {}))
 
 
 def score_cache_path() -> Path | None:
@@ -161,21 +160,21 @@ class Scorer:
         """The readout's log-likelihood of each (prompt, continuation), computing only what is
         missing: the mean per token (``token_mean``) or the sum (``sum``)."""
         key = _model_key(model)
-        missing = sorted({r for r in requests if (key, *r) not in _LOGLIKELIHOODS})
+        known = _LOGLIKELIHOODS.setdefault(key, {})
+        missing = sorted({r for r in requests if r not in known})
         disk = _score_cache if getattr(model, "cacheable", True) else None
         if missing and disk is not None:
-            for request, value in disk.get(key, missing).items():
-                _LOGLIKELIHOODS[(key, *request)] = value
-            missing = [r for r in missing if (key, *r) not in _LOGLIKELIHOODS]
+            known.update(disk.get(key, missing))
+            missing = [r for r in missing if r not in known]
         step = self.batch_size * _BATCHES_PER_COMMIT
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
             scores = model.score_answers(chunk, batch_size=self.batch_size)
             for request, score in zip(chunk, scores, strict=True):
-                _LOGLIKELIHOODS[(key, *request)] = (score.logprob, score.n_tokens)
+                known[request] = (score.logprob, score.n_tokens)
             if disk is not None:
-                disk.put(key, [(*r, *_LOGLIKELIHOODS[(key, *r)]) for r in chunk])
-        sums = [_LOGLIKELIHOODS[(key, *r)] for r in requests]
+                disk.put(key, [(*r, *known[r]) for r in chunk])
+        sums = [known[r] for r in requests]
         if self.readout == "sum":
             return [total for total, _ in sums]
         return [total / n for total, n in sums]
@@ -185,13 +184,17 @@ class Scorer:
     ) -> list[np.ndarray]:
         """p̂ of every option (normalized over the options) for each (prompt, options)."""
         requests = [(prompt, f" {o}") for prompt, options in items for o in options]
-        flat = self.loglikelihoods(model, requests)
-        out, at = [], 0
-        for _, options in items:
-            logp = np.array(flat[at : at + len(options)])
-            at += len(options)
-            p = np.exp(logp - logp.max())
-            out.append(p / p.sum())
+        logp = np.array(self.loglikelihoods(model, requests))
+        sizes = np.array([len(options) for _, options in items], dtype=int)
+        starts = np.cumsum(sizes) - sizes
+        out: list[np.ndarray] = [logp[:0]] * len(items)
+        for size in np.unique(sizes):  # items of one option count as the rows of one array
+            rows = np.flatnonzero(sizes == size)
+            block = logp[starts[rows, None] + np.arange(size)]
+            p = np.exp(block - block.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            for row, dist in zip(rows, p, strict=True):
+                out[row] = dist
         return out
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar, cast
 
 from unlearncheck.facts import Fact, FactSet
 from unlearncheck.probes import Templates
@@ -28,6 +29,8 @@ CONTROL_SUBJECTS = 128
 #: facts and not with their square.
 MAX_CLAIM_CONTROLS = 10
 N_DISTRACTORS = 4
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,32 @@ class ProbeContext:
     @cached_property
     def _objects(self) -> dict[tuple[str, str], str]:
         return {(f.subject, f.relation): f.object for f in self.facts}
+
+    def memo(self, key: Hashable, derive: Callable[[], T]) -> T:
+        """``derive()``, computed once per context and ``key`` (probes derived for the claim's
+        run are asked again by its power run and its base judgements)."""
+        if key not in self._memo:
+            self._memo[key] = derive()
+        return cast(T, self._memo[key])
+
+    @cached_property
+    def _memo(self) -> dict[Hashable, object]:
+        return {}
+
+    def subjects_of(self, relation: str) -> list[str]:
+        """The subjects of ``relation`` among the known facts, sorted."""
+        return self._subjects.get(relation, [])
+
+    def holders(self, relation: str, object: str) -> frozenset[str]:
+        """The subjects whose ``relation`` is ``object`` among the known facts."""
+        return self._holders.get((relation, object), frozenset())
+
+    @cached_property
+    def _holders(self) -> dict[tuple[str, str], frozenset[str]]:
+        grouped: dict[tuple[str, str], set[str]] = {}
+        for fact in self.facts:
+            grouped.setdefault((fact.relation, fact.object), set()).add(fact.subject)
+        return {key: frozenset(subjects) for key, subjects in grouped.items()}
 
     @cached_property
     def _subjects(self) -> dict[str, list[str]]:

@@ -60,8 +60,12 @@ class InputAttack:
     needs: frozenset[Capability] = frozenset({"scores"})
 
     def __call__(self, fact: Fact, context: ProbeContext) -> list[Probe]:
-        """The probes of this attack for ``fact`` (deduplicated)."""
-        return dedupe(self.derive(fact, context))
+        """The probes of this attack for ``fact`` (deduplicated; derived once per context)."""
+        return list(
+            context.memo(
+                (self.name, self.derive, fact.id), lambda: dedupe(self.derive(fact, context))
+            )
+        )
 
     def run(
         self, facts: FactSet, context: ProbeContext, models: ClaimModels, scorer: ClaimScorer
@@ -290,19 +294,12 @@ def _reverse(fact: Fact, ctx: ProbeContext, form: str) -> list[Probe]:
     template = ctx.templates.relation(fact.relation).get("reverse")
     if not template:
         return []
-    holders = {
-        f.subject for f in ctx.facts if f.relation == fact.relation and f.object == fact.object
-    }
-    pool = sorted({f.subject for f in ctx.facts if f.relation == fact.relation} - holders)
+    holders = ctx.holders(fact.relation, fact.object)
+    pool = sorted(set(ctx.subjects_of(fact.relation)) - holders)
     distractors = tuple(ctx.rng("reverse", fact.id).sample(pool, min(N_DISTRACTORS, len(pool))))
     options = {fact.subject, *distractors}
     others = sorted(set(ctx.facts.objects_of(fact.relation)) - {fact.object})
-    controls = [
-        o
-        for o in others
-        if not options
-        & {f.subject for f in ctx.facts if f.relation == fact.relation and f.object == o}
-    ]
+    controls = [o for o in others if not options & ctx.holders(fact.relation, o)]
     ctx.rng("reverse-controls", fact.id).shuffle(controls)
     prompt = ctx.templates.format_question(template.format(object=fact.object))
     return [
