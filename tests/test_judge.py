@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -167,6 +170,40 @@ def test_controls_are_claim_subjects_with_a_distractor_answer_then_made_up_names
         else:  # a made-up name answers what the two subjects it borrows words from answer
             assert len(answers) == 2
     assert controls == ProbeContext(world, claim, Templates.load()).controls(fact)  # seeded
+
+
+def test_a_chain_through_a_landmark_has_landmark_controls_with_their_chain_answers_masked(
+    tmp_path: Path,
+) -> None:
+    """ "The capital of the country where <landmark> is": its controls stand in the landmark's
+    place (made-up landmarks), never countries, whose own answer to "the country where
+    Netherlands is" would be a confident, unmasked distractor."""
+    capitals = {"Kesh": "Orlo", "Brisca": "Vant", "Telora": "Pell", "Dunmar": "Sable"}
+    landmarks = {"Tower of Orm": "Kesh", "Bay of Lune": "Brisca", "Gate of Sill": "Telora"}
+    world = FactSet(
+        [Fact(f"{c.lower()}/capital", c, "capital", city) for c, city in capitals.items()]
+        + [Fact(f"{n.lower()}/loc", n, "location", c) for n, c in landmarks.items()]
+    )
+    claim = world.filter(lambda f: f.relation == "capital")
+    templates = tmp_path / "landmarks.json"
+    templates.write_text(json.dumps({"relations": _LANDMARK_TEMPLATES}))
+    ctx = ProbeContext(world, claim, Templates.load(templates))
+    fact = world["kesh/capital"]
+    (chain,) = multihop(fact, ctx)
+    assert chain.anchor == "Tower of Orm" and chain.form == "via:location"
+    assert chain.controls and not set(chain.controls) & set(capitals)
+    for control, answers in zip(chain.controls, chain.control_answers, strict=True):
+        assert control not in world.subjects()  # made up from two landmarks' words
+        assert answers and set(answers) <= set(capitals.values())  # their chain answers
+
+
+_LANDMARK_TEMPLATES = {
+    "capital": {"question": "What is the capital of {subject}?"},
+    "location": {
+        "question": "In which country is {subject}?",
+        "noun": "the country where {subject} is",
+    },
+}
 
 
 class _FixedScores:

@@ -70,7 +70,7 @@ class ProbeContext:
         """
         return min(MAX_CONTROLS, max(MIN_CONTROLS, math.ceil(CONTROL_SUBJECTS / len(self.claim))))
 
-    def controls(self, fact: Fact) -> tuple[str, ...]:
+    def controls(self, fact: Fact, via: str | None = None) -> tuple[str, ...]:
         """The fact's control subjects: the same for every probe of the fact.
 
         First, up to `MAX_CLAIM_CONTROLS` (or `n_controls` if more), the other subjects of the
@@ -83,40 +83,61 @@ class ProbeContext:
         that no fact mentions, recombined from the words of two subjects whose answers are
         distractors (of the claim's subjects, then of any), then of any two subjects; their own
         answers, masked like a subject's, are those of the subjects they borrow words from.
+
+        With ``via`` (a relation whose object is the fact's subject: a chain asked through the
+        subject of a ``via`` fact, as "the capital of the country where <landmark> is"), the
+        controls stand in that subject's place: subjects of ``via``, and made-up names from their
+        words, whose answer through the chain (`chain_object`) is a distractor, then any made-up
+        names from their words.
         """
-        cached = self._controls.get(fact.id)
+        key = (fact.id, via)
+        cached = self._controls.get(key)
         if cached is None:
-            cached = self._controls[fact.id] = self._choose_controls(fact)
+            cached = self._controls[key] = self._choose_controls(fact, via)
         return cached
 
-    def _choose_controls(self, fact: Fact) -> tuple[str, ...]:
+    def chain_object(self, subject: str, first: str, second: str) -> str | None:
+        """The object of ``second`` of the object of ``first`` of ``subject``, if known."""
+        middle = self.object_of(subject, first)
+        return self.object_of(middle, second) if middle else None
+
+    def _choose_controls(self, fact: Fact, via: str | None) -> tuple[str, ...]:
+        relation = via or fact.relation
+
+        def answer_of(subject: str) -> str | None:
+            if via is None:
+                return self.object_of(subject, fact.relation)
+            return self.chain_object(subject, via, fact.relation)
+
         distractors = set(self.distractors(fact))
         chosen = [
             s
-            for s in self._claim_subjects.get(fact.relation, ())
-            if s != fact.subject and self.object_of(s, fact.relation) in distractors
+            for s in self._claim_subjects.get(relation, ())
+            if s != fact.subject and answer_of(s) in distractors
         ]
-        self.rng("controls", fact.id).shuffle(chosen)
+        rng_key = fact.id if via is None else f"{fact.id}|via:{via}"
+        self.rng("controls", rng_key).shuffle(chosen)
         chosen = chosen[: max(MAX_CLAIM_CONTROLS, self.n_controls)]
         taken = set(chosen)
-        claim_words, all_words = self._made_up_pools
-        maskable = {
-            s
-            for s in self._subjects.get(fact.relation, ())
-            if self.object_of(s, fact.relation) in distractors
-        }
+        maskable = {s for s in self._subjects.get(relation, ()) if answer_of(s) in distractors}
 
         def masked(pool: list[str]) -> Callable[[], list[str]]:
             return lambda: [name for name in pool if maskable.issuperset(self._borrowed[name])]
 
         # Each pool is listed only when the ones before it left controls missing.
-        pools = (masked(claim_words), masked(all_words), lambda: claim_words, lambda: all_words)
+        pools: tuple[Callable[[], list[str]], ...]
+        if via is None:
+            claim_words, all_words = self._made_up_pools
+            pools = (masked(claim_words), masked(all_words), lambda: claim_words, lambda: all_words)
+        else:
+            via_words = self._made_up_of(via)
+            pools = (masked(via_words), lambda: via_words)
         for pool_of in pools:
             missing = self.n_controls - len(chosen)
             if missing <= 0:
                 break
             fresh = [name for name in pool_of() if name not in taken]
-            picked = self.rng("made-up", fact.id).sample(fresh, min(missing, len(fresh)))
+            picked = self.rng("made-up", rng_key).sample(fresh, min(missing, len(fresh)))
             chosen += picked
             taken.update(picked)
         return tuple(chosen)
@@ -154,12 +175,19 @@ class ProbeContext:
     def _made_up_pools(self) -> tuple[list[str], list[str]]:
         return self._made_up(self.claim), self._made_up(self.facts)
 
+    def _made_up_of(self, relation: str) -> list[str]:
+        """Made-up names from the words of the subjects of ``relation``."""
+        return self.memo(
+            ("made-up", relation),
+            lambda: self._made_up(self.facts.filter(lambda f: f.relation == relation)),
+        )
+
     @cached_property
     def _borrowed(self) -> dict[str, tuple[str, ...]]:
         return {}
 
     @cached_property
-    def _controls(self) -> dict[str, tuple[str, ...]]:
+    def _controls(self) -> dict[tuple[str, str | None], tuple[str, ...]]:
         return {}
 
     @cached_property

@@ -211,7 +211,7 @@ def _forward_chains(fact: Fact, hop: Fact, ctx: ProbeContext) -> list[Probe]:
     distractors = ctx.distractors(hop)
     controls = ctx.controls(fact)
     answers = ctx.control_answers(
-        controls, partial(_object_chain, ctx, first=fact.relation, second=hop.relation)
+        controls, partial(ctx.chain_object, first=fact.relation, second=hop.relation)
     )
     return [
         Probe(
@@ -239,30 +239,28 @@ def _chain_opening(statement: str | None, subject: str, answer: str) -> str | No
 
 
 def _backward_chain(fact: Fact, incoming: Fact, ctx: ProbeContext) -> Probe | None:
-    """The fact's question asked of the entity it is reached from (Y → X → object)."""
+    """The fact's question asked of the entity it is reached from (Y → X → object); its controls
+    stand in Y's place (`ProbeContext.controls` with ``via``)."""
     t = ctx.templates
     noun = t.noun(incoming.relation, incoming.subject)
     question = t.relation(fact.relation).get("question")
     if not (noun and question):
         return None
     opening = _chain_opening(t.relation(fact.relation).get("statement"), noun, fact.object)
-    prompt = t.format_question(question.format(subject=noun), opening)
-    base = _probe(fact, ctx, "multihop", f"via:{incoming.id}", prompt)
-    return replace(
-        base,
+    controls = ctx.controls(fact, via=incoming.relation)
+    answer_of = partial(ctx.chain_object, first=incoming.relation, second=fact.relation)
+    return Probe(
+        fact_id=fact.id,
+        attack="multihop",
         form=f"via:{incoming.relation}",
+        prompt=t.format_question(question.format(subject=noun), opening),
+        answer=fact.object,
+        distractors=ctx.distractors(fact),
         anchor=incoming.subject,
-        control_answers=ctx.control_answers(
-            base.controls,
-            partial(_object_chain, ctx, first=incoming.relation, second=fact.relation),
-        ),
+        controls=controls,
+        control_answers=ctx.control_answers(controls, answer_of),
         lineage=(f"fact:{fact.id}", f"hop:{incoming.id}", "multihop:backward"),
     )
-
-
-def _object_chain(ctx: ProbeContext, subject: str, *, first: str, second: str) -> str | None:
-    middle = ctx.object_of(subject, first)
-    return ctx.object_of(middle, second) if middle else None
 
 
 def _prefix(fact: Fact, ctx: ProbeContext) -> list[Probe]:
