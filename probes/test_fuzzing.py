@@ -7,13 +7,13 @@ that ``assert_forgotten`` holds for every such probe set. `leak_score` steers th
 wordings that come closest to a leak. Each example is a claim of its own in the report, judged at
 `example_alpha` so that the whole search keeps the suite's false-alarm rate. Wordings the original
 model does not answer are left out, so an example may be INCONCLUSIVE; only a FAIL fails. The
-``unlearncheck-ci`` profile runs the same 10 examples every time; ``--hypothesis-profile
-unlearncheck-fuzz`` searches longer.
+``unlearncheck-ci`` profile (this suite's default, `conftest.py`) runs the same 10 examples every
+time; ``--hypothesis-profile unlearncheck-fuzz`` searches 200 at alpha / 200 each.
 """
 
 from __future__ import annotations
 
-from hypothesis import given, settings, target
+from hypothesis import given, target
 from hypothesis import strategies as st
 
 from unlearncheck import assert_forgotten
@@ -22,7 +22,6 @@ from unlearncheck.backends.hf import HFModel
 from unlearncheck.facts import FactSet
 from unlearncheck.pytest_plugin import Options
 from unlearncheck.strategies import (
-    CI_PROFILE,
     Wordings,
     example_alpha,
     leak_score,
@@ -31,7 +30,6 @@ from unlearncheck.strategies import (
 from unlearncheck.strategies import facts as facts_of
 
 
-@settings(settings.get_profile(CI_PROFILE))
 @given(data=st.data())
 def test_no_wording_recovers_a_forgotten_fact(
     data: st.DataObject,

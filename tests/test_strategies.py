@@ -24,6 +24,8 @@ from unlearncheck.strategies import (
     wordings_for,
 )
 
+pytest_plugins = ["pytester"]
+
 FACT = Fact(id="f1", subject="Ada Lane", relation="birth_city", object="Oslo", split="forget")
 
 
@@ -42,6 +44,41 @@ def test_a_bad_argument_fails_when_a_value_is_drawn() -> None:
         find(wordings_for(unknown), lambda _: True)
     with pytest.raises(InvalidArgument, match="model attacks"):
         find(attack_chains(models=[direct]), lambda _: True)
+
+
+_COUNTING_SUITE = """
+from hypothesis import given, strategies as st
+from unlearncheck.hypothesis_profiles import example_alpha
+
+RUN = []
+
+@given(st.integers())
+def test_count(n):
+    RUN.append(example_alpha())
+
+def test_report():
+    print(f"examples={len(RUN)} alpha={RUN[0]!r}")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "examples"),
+    [((), 10), (("--hypothesis-profile", "unlearncheck-fuzz"), 200)],
+)
+def test_the_command_line_chooses_the_profile_and_each_example_gets_its_share_of_alpha(
+    pytester: pytest.Pytester, args: tuple[str, ...], examples: int
+) -> None:
+    """The profiles are registered by the plugin, before hypothesis reads the option; the suite's
+    conftest makes the CI profile its default; each example is judged at alpha / examples run."""
+    pytester.makeconftest(
+        "from hypothesis import settings\n"
+        "from unlearncheck.hypothesis_profiles import CI_PROFILE\n"
+        "settings.load_profile(CI_PROFILE)\n"
+    )
+    pytester.makepyfile(test_counting=_COUNTING_SUITE)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"*examples={examples} alpha={0.05 / examples!r}*"])
 
 
 def test_wordings_are_the_only_questions_asked() -> None:
@@ -79,7 +116,8 @@ def _fuzz(model: str, zoo: Path) -> tuple[list[float], ForgettingAssertionError 
             context=forget,
             templates=asked.templates(),
             claim=f"fuzzed wordings: {asked.fact.id}",
-            alpha=example_alpha(),  # the search makes many claims: the property holds alpha
+            # the search makes many claims: the property holds alpha
+            alpha=example_alpha(examples=settings.get_profile(CI_PROFILE).max_examples),
             on_inconclusive="return",
             raise_on_fail=False,
         )

@@ -4,7 +4,6 @@ A property over these says "no X brings the forgotten fact back": hypothesis dra
 claim judges it, and `leak_score` fed to ``hypothesis.target`` steers the search towards wordings
 that come closest to a leak::
 
-    @settings(settings.get_profile(CI_PROFILE))
     @given(asked=facts(forget).flatmap(wordings_for))
     def test_no_wording_leaks(asked, unlearned, original):
         verdict = assert_forgotten(unlearned, asked.fact, attacks=[paraphrase],
@@ -16,9 +15,11 @@ that come closest to a leak::
 Arguments are checked when a value is drawn, as hypothesis's own strategies do: a bad argument
 fails the first example with `hypothesis.errors.InvalidArgument` naming it.
 
-Profiles: `CI_PROFILE` (derandomized, no deadline, no example database, a small budget, no
-shrinking: the same examples every run) and `_FUZZ_PROFILE` (a larger, random search that
-shrinks what it finds), registered on import; choose one with ``--hypothesis-profile``.
+Profiles (`unlearncheck.hypothesis_profiles`, registered when the pytest plugin loads):
+`CI_PROFILE` (derandomized, no deadline, no example database, 10 examples, no shrinking: the
+same examples every run) and `FUZZ_PROFILE` (a random search of 200 examples that shrinks what it
+finds); choose one with ``--hypothesis-profile``. `example_alpha` divides alpha by the running
+profile's examples.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from unlearncheck.attacks.input import INPUT_ATTACKS, InputAttack
 from unlearncheck.facts import Fact, FactSet
+from unlearncheck.hypothesis_profiles import CI_PROFILE, FUZZ_PROFILE, example_alpha
 from unlearncheck.probes import Templates
 from unlearncheck.verdict import Verdict
 
 __all__ = [
     "CI_PROFILE",
+    "FUZZ_PROFILE",
     "Wordings",
     "attack_chains",
     "example_alpha",
@@ -48,24 +50,8 @@ __all__ = [
 ]
 
 
-CI_PROFILE = "unlearncheck-ci"
-_FUZZ_PROFILE = "unlearncheck-fuzz"
 #: Words put before a question, as people type them.
 _FILLERS = ("", "Please tell me :", "Quick question :", "I wonder ,", "Be honest :")
-
-_SLOW = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
-settings.register_profile(
-    CI_PROFILE,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    max_examples=10,
-    phases=[Phase.explicit, Phase.generate, Phase.target],
-    suppress_health_check=_SLOW,
-)
-settings.register_profile(
-    _FUZZ_PROFILE, deadline=None, max_examples=200, suppress_health_check=_SLOW
-)
 
 
 def facts(
@@ -188,13 +174,6 @@ def attack_chains(
         return model.then(*then)
 
     return draw()
-
-
-def example_alpha(alpha: float = 0.05, profile: str = CI_PROFILE) -> float:
-    """The ``alpha`` of each example's claim in a search under ``profile``: a search of n
-    examples makes n claims, so each is judged at alpha / n, and a model that forgot everything
-    fails the whole property with probability at most ``alpha`` (Bonferroni)."""
-    return alpha / settings.get_profile(profile).max_examples
 
 
 def leak_score(verdict: Verdict) -> float:

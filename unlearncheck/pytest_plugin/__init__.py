@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import pytest
 
+# Registers the hypothesis profiles before hypothesis's own plugin reads --hypothesis-profile.
+from unlearncheck import hypothesis_profiles  # noqa: F401
 from unlearncheck.pytest_plugin.evidence import (
     PROPERTY,
     pytest_runtest_makereport,
