@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
 from unlearncheck.probes import TemplateError
+from unlearncheck.report.commands import add_report, add_verify
 from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
 
 if TYPE_CHECKING:
@@ -248,32 +249,6 @@ def _serve(args: argparse.Namespace) -> int:
     return run_forever(args.model, args.host, args.port, name=args.name, api_key=key)
 
 
-def _report(args: argparse.Namespace) -> int:
-    """Render the run log, with the case logs a killed pytest session left next to it."""
-    from unlearncheck.report import render_report
-    from unlearncheck.runlog import is_torn, leftover_case_logs, read_run
-
-    leftovers = leftover_case_logs(args.runlog)
-    if not args.runlog.exists() and not leftovers:
-        print(f"unlearncheck report: {args.runlog}: no such run log", file=sys.stderr)
-        return 2
-    if leftovers:
-        print(
-            f"unlearncheck report: {args.runlog}: its run was killed before merging its case "
-            f"logs; reading them too: {', '.join(path.name for path in leftovers)}",
-            file=sys.stderr,
-        )
-    for path in [args.runlog, *leftovers]:
-        if path.exists() and is_torn(path):
-            print(
-                f"unlearncheck report: {path}: the last line is cut short (its writer was "
-                "killed while writing it); skipped",
-                file=sys.stderr,
-            )
-    print(render_report(read_run(args.runlog), args.output))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unlearncheck`` command."""
     parser = argparse.ArgumentParser(
@@ -285,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(commands)
     _add_serve(commands)
     _add_generate(commands)
-    _add_report(commands)
+    add_report(commands)
+    add_verify(commands)
     return parser
 
 
@@ -414,16 +390,6 @@ def _add_generate(commands: _Commands) -> None:
     generate.add_argument("--out", type=Path, required=True, help="facts file (JSONL) to write")
     _add_load_options(generate)
     generate.set_defaults(run=_generate)
-
-
-def _add_report(commands: _Commands) -> None:
-    """The ``report`` subcommand."""
-    report = commands.add_parser("report", help="render the HTML report of a run log")
-    report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
-    report.add_argument(
-        "-o", "--output", type=Path, default=Path("reports/unlearncheck.html"), help="HTML path"
-    )
-    report.set_defaults(run=_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
