@@ -711,6 +711,7 @@ def exit_status(argv: list[str]) -> int | str | None:
         return exit.code
 
 
+METRICS = ("metrics", "--model=organism:gold", "--reference=organism:original")
 COMMAND = [
     pytest.param(
         [
@@ -752,6 +753,21 @@ COMMAND = [
         ["serve", "{tmp}/no-such-model", "--port=0"],
         ("unlearncheck serve: cannot resolve model spec '{tmp}/no-such-model'",),
         id="serve: no such model",
+    ),
+    pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl", "--json={tmp}/ok.jsonl"],
+        ("unlearncheck metrics: --json: {tmp}/ok.jsonl is the facts file (--facts)",),
+        id="metrics: the JSON output is the facts file",
+    ),
+    pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl", "--json={tmp}/run.jsonl", "--runlog={tmp}/run.jsonl"],
+        ("unlearncheck metrics: --json: {tmp}/run.jsonl is the output of --runlog",),
+        id="metrics: the JSON output is the run log",
+    ),
+    pytest.param(
+        ["generate", "--original=organism:gold", "--facts={tmp}/ok.jsonl", "--out={tmp}/ok.jsonl"],
+        ("unlearncheck generate: --out: {tmp}/ok.jsonl is the facts file (--facts)",),
+        id="generate: the output is the facts file",
     ),
     pytest.param(
         ["report", "{tmp}/broken.jsonl"],

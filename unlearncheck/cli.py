@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
+from unlearncheck.outputs import OutputPathError, check_output_file
 from unlearncheck.probes import TemplateError
 from unlearncheck.report.commands import add_report, add_verify
 from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["INPUT_ERRORS", "SERVE_KEY_ENV", "build_parser", "main"]
 
 #: Errors of bad input: ``unlearncheck`` prints their message (which names the input) and exits 2.
-INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OSError)
+INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OutputPathError, OSError)
 #: The choices of ``--dtype`` and ``--prompt-format`` (`unlearncheck.backends.hf_loading.DTYPES`,
 #: `unlearncheck.backends.hf.PROMPT_FORMATS`; spelled here so that ``--help`` imports no torch).
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -133,6 +134,21 @@ def _validity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:
+    """Refuse an output (option → path) that is an input, another output or not a regular file.
+
+    Raises:
+        OutputPathError: Naming the option and the path.
+    """
+    given = {option: path for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        others = {f"the output of {o}": p for o, p in given.items() if o != option}
+        try:
+            check_output_file(path, {**inputs, **others})
+        except OutputPathError as error:
+            raise OutputPathError(f"{option}: {error}") from None
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from unlearncheck.backends.capabilities import capabilities_of
     from unlearncheck.facts import load_facts
@@ -149,6 +165,9 @@ def _metrics(args: argparse.Namespace) -> int:
             )
             return 2
         facts_path = zoo_dir(0) / "facts.jsonl"
+    _check_outputs(
+        {"--json": args.json, "--runlog": args.runlog}, {"the facts file (--facts)": facts_path}
+    )
     start = time.perf_counter()
     facts = load_facts(facts_path)
     for spec in specs:  # every spec, before the first model loads
@@ -201,6 +220,7 @@ def _generate(args: argparse.Namespace) -> int:
             )
             return 2
         facts_path = resolve_spec(args.original).parent / "facts.jsonl"
+    _check_outputs({"--out": args.out}, {"the facts file (--facts)": facts_path})
     known = load_facts(facts_path)
     subjects = args.subjects or sorted({f.subject for f in known if f.split == args.split})
     unknown = [s for s in subjects if not known.about(s)]

@@ -24,6 +24,7 @@ __all__ = [
     "SESSION_PATTERN",
     "OutputPathError",
     "check_latest_name",
+    "check_output_file",
     "check_replaceable",
     "is_latest_link",
     "new_session_id",
@@ -128,6 +129,18 @@ def check_latest_name(path: Path, inputs: Mapping[str, Path]) -> None:
         f"session writes {session_file(path, '<session>').name} and links {path.name} to it); "
         "it is never replaced: move it away or choose another path"
     )
+
+
+def check_output_file(path: Path, inputs: Mapping[str, Path]) -> None:
+    """Refuse an output file that names one of the ``inputs`` or exists and is not a regular
+    file (a directory, a device node, a named pipe).
+
+    Raises:
+        OutputPathError: Naming the path and what is there.
+    """
+    _check_inputs(path, inputs)
+    if path.exists() and not stat.S_ISREG(mode := path.stat().st_mode):
+        raise OutputPathError(f"{path} exists and is {_kind(mode)}, not a regular file")
 
 
 def check_replaceable(
