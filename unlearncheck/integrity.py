@@ -200,5 +200,6 @@ def write_evidence(
             "value": signature(evidence, key),
         }
     path = evidence_path(report)
-    write_whole(path, json.dumps(evidence, indent=2, ensure_ascii=False) + "\n")
+    # ASCII JSON: the identity holds untrusted text (model specs), lone surrogates included.
+    write_whole(path, json.dumps(evidence, indent=2) + "\n")
     return path
