@@ -132,7 +132,10 @@ ZOO_TESTS = {
 #: (tens of seconds on 2 busy cores); `test_fast_claims` runs one such session in the fast tier.
 SESSION_TESTS = {
     "test_generator.py": {"test_the_plugin_gives_a_generator_from_its_options"},
-    "test_evidence_integrity.py": {"*"},
+    "test_evidence_integrity.py": {
+        "test_the_projects_own_tests_write_nothing_into_the_checkout",
+        "test_two_sessions_in_one_directory_keep_their_own_files",
+    },
     "test_plugin.py": {
         "test_a_suite_without_claims_writes_nothing",
         "test_cli_wins_over_ini_which_wins_over_conftest_defaults",

@@ -153,6 +153,15 @@ def test_a_signed_evidence_file_is_checked_with_its_key(
     assert status == 1 and "DIFFERS: the evidence file was changed" in out
 
 
+def test_verify_finds_the_evidence_of_a_run_log_rendered_under_another_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write_log(tmp_path / "run.jsonl")
+    assert cli.main(["report", str(log), "-o", str(tmp_path / "other.html")]) == 0
+    status, out = verify(capsys, str(log))
+    assert status == 0 and f"evidence file {tmp_path / 'other.evidence.json'}" in out
+
+
 def test_verify_without_an_evidence_file_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,9 +54,22 @@ def intact(findings: list[Finding]) -> bool:
 
 
 def find_evidence(path: Path) -> Path:
-    """The evidence file of a report, a run log (links followed) or the evidence file itself."""
+    """The evidence file of a report or a run log (links followed), or the evidence file itself:
+    the one of the same stem, else for a run log the one in its directory that names it."""
     path = Path(os.path.realpath(path))
-    return path if path.name.endswith(".evidence.json") else evidence_path(path)
+    if path.name.endswith(".evidence.json"):
+        return path
+    beside = evidence_path(path)
+    if beside.exists():
+        return beside
+    for candidate in sorted(path.parent.glob("*.evidence.json")):
+        try:
+            runlog = json.loads(candidate.read_text("utf-8")).get("runlog") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(runlog, dict) and runlog.get("file") == path.name:
+            return candidate
+    return beside
 
 
 def _load(path: Path) -> dict[str, Any]:

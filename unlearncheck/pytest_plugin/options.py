@@ -62,8 +62,16 @@ _OPTIONS = (
         "out-of-memory)",
     ),
     ("seed", "seed the suite passes to its claims (uc_options.seed); default 0"),
-    ("report", f"HTML report path (default {DEFAULT_REPORT})"),
-    ("json", "run log (JSONL) path (default: the report path with suffix .jsonl)"),
+    (
+        "report",
+        f"HTML report path (default {DEFAULT_REPORT}): a link to each session's own "
+        "<stem>.<session>.html, never another file",
+    ),
+    (
+        "json",
+        "run log (JSONL) path (default: the report path with suffix .jsonl): a link to each "
+        "session's own <stem>.<session>.jsonl, never another file",
+    ),
     (
         "sign-key",
         "file holding a secret key (at least 32 bytes) to sign the report's evidence file with "
