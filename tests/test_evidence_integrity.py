@@ -18,7 +18,7 @@ import pytest
 from unlearncheck import assert_forgotten, cli
 from unlearncheck.attacks import direct
 from unlearncheck.facts import FactSet
-from unlearncheck.integrity import machine
+from unlearncheck.integrity import gpu_names, machine
 from unlearncheck.outputs import OutputPathError, check_latest_name, point_latest
 from unlearncheck.report import render_report
 from unlearncheck.runlog import RunLog, read_runlog
@@ -122,6 +122,17 @@ def test_the_report_and_its_evidence_carry_hashes_versions_device_and_hardware(
     ]
     assert identity["hardware"] == hardware and identity["device"] == "cpu"
     assert {"unlearncheck", "torch", "transformers"} <= set(identity["versions"])
+
+
+def test_gpu_names_come_from_the_nvidia_driver(tmp_path: Path) -> None:
+    for bus, model in (("0000:41:00.0", "NVIDIA H100 80GB HBM3"), ("0000:01:00.0", "NVIDIA A10")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(f"Model: \t\t {model}\nIRQ:   42\n")
+    assert gpu_names(tmp_path) == ["NVIDIA A10", "NVIDIA H100 80GB HBM3"]
+    import torch
+
+    if not torch.cuda.is_initialized():  # else torch names the GPUs it started
+        assert gpu_names(tmp_path / "none") == []
 
 
 def test_a_signed_evidence_file_is_checked_with_its_key(

@@ -24,9 +24,11 @@ from typing import Any
 __all__ = [
     "EVIDENCE_FORMAT",
     "MIN_KEY_BYTES",
+    "NVIDIA_GPUS",
     "KeyFileError",
     "evidence_path",
     "file_digest",
+    "gpu_names",
     "is_evidence_file",
     "key_id",
     "load_key",
@@ -80,11 +82,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _gpu_names() -> list[str]:
-    """The NVIDIA GPUs of the machine (from the driver's ``/proc`` files, which start no CUDA;
-    else from torch when it has already started CUDA in this process)."""
+#: Where the NVIDIA driver describes each GPU (``<bus id>/information``, a ``Model:`` line).
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def gpu_names(driver: Path = NVIDIA_GPUS) -> list[str]:
+    """The NVIDIA GPUs of the machine (from the driver's files under ``driver``, which start no
+    CUDA; else from torch when it has already started CUDA in this process)."""
     names = []
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+    for info in sorted(driver.glob("*/information")):
         for line in info.read_text("utf-8", errors="replace").splitlines():
             if line.startswith("Model:"):
                 names.append(line.partition(":")[2].strip())
@@ -100,7 +106,7 @@ def machine() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
-        "gpus": _gpu_names(),
+        "gpus": gpu_names(),
     }
 
 
