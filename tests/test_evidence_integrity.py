@@ -282,13 +282,16 @@ def test_held():
 """
 
 
-def _session(directory: Path, claim: str, hold: Path | None = None) -> subprocess.Popen[str]:
+def _session(
+    directory: Path, claim: str, *options: str, hold: Path | None = None
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update(CLAIM=claim, HOLD=str(hold or ""), OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--uc-cache=off"),
             *(f"--uc-model={directory / 'model'}", f"--uc-facts={directory / 'facts.jsonl'}"),
+            *options,
         ],
         cwd=directory,
         env=env,
@@ -320,7 +323,8 @@ def test_two_sessions_in_one_directory_keep_their_own_files(
     assert first_cases and all(first_log.name in p.name for p in first_cases)
     written = first_log.read_bytes()
 
-    second = _session(tmp_path, "second")
+    (tmp_path / "key").write_text(KEY)
+    second = _session(tmp_path, "second", f"--uc-sign-key={tmp_path / 'key'}")  # signs
     second_out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, second_out
     assert first_log.read_bytes() == written and all(p.exists() for p in first_cases)
@@ -335,6 +339,8 @@ def test_two_sessions_in_one_directory_keep_their_own_files(
         assert [r["claim"] for r in records if r["kind"] == "verdict"] == [claim]
         assert sum(r["kind"] == "case" for r in records) >= len(homes)  # its own cases, merged
         assert report.exists() and verify(capsys, str(report))[0] == 0
+        signed = verify(capsys, str(report), "--key", str(tmp_path / "key"))[0] == 0
+        assert signed == (claim == "second")
         logs[claim] = runlog
     assert logs["first"] != logs["second"] and not list(reports.glob(".*.cases"))
     assert os.readlink(reports / "unlearncheck.html") == _summary_paths(first_out)[1].name

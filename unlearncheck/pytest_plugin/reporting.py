@@ -56,8 +56,7 @@ SUMMARY_CHARS = 200
 SESSION_ENV = "UNLEARNCHECK_SESSION"
 #: The phase pytest-xdist gives the report of a test whose worker died while running it.
 CRASHED_PHASE = "???"
-
-
+#: The key this session's evidence file is signed with (None: unsigned; `check_outputs`).
 _KEY = pytest.StashKey["bytes | None"]()
 
 
@@ -113,7 +112,9 @@ def _run_header(config: pytest.Config) -> dict[str, Any]:
 
     options = get_options(config)
     path = options.facts or config.stash.get(FACTS_FILE, None)
-    facts = {"path": str(path.resolve()), "sha256": sha256_file(path)} if path else None
+    facts = None
+    if path is not None and path.is_file():  # gone since it was loaded: not recorded
+        facts = {"path": str(path.resolve()), "sha256": sha256_file(path)}
     try:
         device = str(resolve_device(options.device))
     except ValueError:  # refused at session start; a machine that changed since
