@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from unlearncheck.facts import Fact, FactSet
+from unlearncheck.pytest_plugin import set_defaults
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -129,6 +132,10 @@ ZOO_TESTS = {
 #: (tens of seconds on 2 busy cores); `test_fast_claims` runs one such session in the fast tier.
 SESSION_TESTS = {
     "test_generator.py": {"test_the_plugin_gives_a_generator_from_its_options"},
+    "test_evidence_integrity.py": {
+        "test_the_projects_own_tests_write_nothing_into_the_checkout",
+        "test_two_sessions_in_one_directory_keep_their_own_files",
+    },
     "test_plugin.py": {
         "test_a_suite_without_claims_writes_nothing",
         "test_cli_wins_over_ini_which_wins_over_conftest_defaults",
@@ -180,6 +187,19 @@ def _start_order(item: pytest.Item) -> tuple[bool, bool]:
 def _module(item: pytest.Item) -> str:
     """The file name of the item's test module."""
     return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+#: The directory where the plugin writes the run logs and reports of the claims these tests run:
+#: made by the first process (the xdist controller) and inherited by the workers, so that every
+#: process of a session agrees on it; never the checkout's ``reports/``, which is the main job's.
+REPORTS_ENV = "UNLEARNCHECK_TEST_REPORTS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Have the plugin write this session's run log and report in a temporary directory."""
+    if REPORTS_ENV not in os.environ:
+        os.environ[REPORTS_ENV] = tempfile.mkdtemp(prefix="unlearncheck-tests-")
+    set_defaults(config, report=str(Path(os.environ[REPORTS_ENV]) / "unlearncheck.html"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -14,6 +14,7 @@ checkpoint `checkpoints` built under that name.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -625,7 +626,37 @@ PLUGIN = [
         "--uc-report is a directory",
         ("--uc-report={tmp}",),
         "",
-        "--uc-report: {tmp} is a directory",
+        "--uc-report: {tmp} exists and is a directory, not a regular file",
+    ),
+    plugin_case(
+        "--uc-json (the report's stem + .jsonl) is the facts file",
+        ("--uc-facts={tmp}/ok.jsonl", "--uc-report={tmp}/ok.html"),
+        "",
+        "--uc-json: {tmp}/ok.jsonl is the facts file (--uc-facts); an output never replaces",
+    ),
+    plugin_case(
+        "--uc-json is a named pipe",
+        ("--uc-json={tmp}/pipe",),
+        "",
+        "--uc-json: {tmp}/pipe exists and is a named pipe, not a regular file",
+    ),
+    plugin_case(
+        "--uc-report is a .jsonl path: the run log's",
+        ("--uc-report={tmp}/out/run.jsonl",),
+        "",
+        "--uc-report and --uc-json both name {tmp}/out/run.jsonl",
+    ),
+    plugin_case(
+        "--uc-report is a file unlearncheck did not write",
+        ("--uc-report={tmp}/short.key",),
+        "",
+        "--uc-report: {tmp}/short.key exists and is a file unlearncheck did not write",
+    ),
+    plugin_case(
+        "--uc-sign-key too short",
+        ("--uc-sign-key={tmp}/short.key",),
+        "",
+        "--uc-sign-key: {tmp}/short.key: a signing key needs at least 32 bytes",
     ),
     plugin_case(
         "--uc-cache is a directory",
@@ -645,6 +676,9 @@ def test_the_plugin_refuses(
     pytester: pytest.Pytester,
 ) -> None:
     scratch.file("bad.jsonl", BAD_FACTS)
+    scratch.file("ok.jsonl", jsonl(FACT))
+    scratch.file("short.key", "0123")
+    os.mkfifo(scratch.tmp / "pipe")
     if ini:
         pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(test_never_runs=NEVER_RUNS)
@@ -657,6 +691,13 @@ def test_the_plugin_refuses(
     assert errors.startswith("ERROR: ")
     for name in names:
         assert scratch.fill(name) in errors
+    assert sorted(p.name for p in scratch.tmp.iterdir()) == [
+        "bad.jsonl",
+        "ok.jsonl",
+        "pipe",
+        "short.key",
+    ]
+    assert scratch.tmp.joinpath("ok.jsonl").read_text() == jsonl(FACT)  # an input stays as it was
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -670,6 +711,7 @@ def exit_status(argv: list[str]) -> int | str | None:
         return exit.code
 
 
+METRICS = ("metrics", "--model=organism:gold", "--reference=organism:original")
 COMMAND = [
     pytest.param(
         [
@@ -713,6 +755,46 @@ COMMAND = [
         id="serve: no such model",
     ),
     pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl", "--json={tmp}/ok.jsonl"],
+        ("unlearncheck metrics: --json: {tmp}/ok.jsonl is the facts file (--facts)",),
+        id="metrics: the JSON output is the facts file",
+    ),
+    pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl", "--json={tmp}/run.jsonl", "--runlog={tmp}/run.jsonl"],
+        ("unlearncheck metrics: --json: {tmp}/run.jsonl is the output of --runlog",),
+        id="metrics: the JSON output is the run log",
+    ),
+    pytest.param(
+        ["generate", "--original=organism:gold", "--facts={tmp}/ok.jsonl", "--out={tmp}/ok.jsonl"],
+        ("unlearncheck generate: --out: {tmp}/ok.jsonl is the facts file (--facts)",),
+        id="generate: the output is the facts file",
+    ),
+    pytest.param(
+        ["report", "{tmp}/broken.jsonl"],
+        ("unlearncheck report: {tmp}/broken.jsonl:2: invalid run log record",),
+        id="report: a broken middle line",
+    ),
+    pytest.param(
+        ["report", "{tmp}/latin1.jsonl"],
+        ("unlearncheck report: {tmp}/latin1.jsonl:2: not UTF-8 (byte 0xe9 at column",),
+        id="report: a byte that is not UTF-8",
+    ),
+    pytest.param(
+        ["report", "{tmp}/run.jsonl", "-o", "{tmp}/run.jsonl"],
+        ("unlearncheck report: -o/--output: {tmp}/run.jsonl is the run log being read",),
+        id="report: the output is the run log",
+    ),
+    pytest.param(
+        ["report", "{tmp}/run.jsonl", "-o", "{tmp}"],
+        ("unlearncheck report: -o/--output: {tmp} exists and is a directory",),
+        id="report: the output is a directory",
+    ),
+    pytest.param(
+        ["verify", "{tmp}/run.jsonl"],
+        ("unlearncheck verify: {tmp}/run.evidence.json: no evidence file",),
+        id="verify: no evidence file",
+    ),
+    pytest.param(
         ["validity", "--reference=goldd"],
         ("unlearncheck validity: ", "unknown organism variant 'goldd'"),
         id="validity: unknown reference variant",
@@ -729,7 +811,13 @@ def test_the_command_refuses(
 ) -> None:
     scratch.file("bad.jsonl", BAD_FACTS)
     scratch.file("ok.jsonl", jsonl(FACT))
+    run = jsonl({"kind": "run", "session": "s"}, {"kind": "verdict", "claim": "c"})
+    scratch.file("run.jsonl", run)
+    scratch.file("broken.jsonl", run.replace("\n", "\n{broken\n", 1))
+    scratch.file("latin1.jsonl", run.replace('"c"', '"caf\u00e9"').encode("latin-1"))
+    before = {p.name: p.read_bytes() for p in scratch.tmp.iterdir()}
     assert exit_status([scratch.fill(a) for a in argv]) == 2
+    assert {p.name: p.read_bytes() for p in scratch.tmp.iterdir()} == before  # nothing written
     errors = capsys.readouterr().err
     for name in names:
         assert scratch.fill(name) in errors

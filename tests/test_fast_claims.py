@@ -230,7 +230,8 @@ def test_the_plugin_runs_a_claim_on_its_fixtures_and_writes_log_and_report(
             "*= unlearncheck =*",
             "claims: 0 passed, 1 failed, 0 inconclusive in 1 tests*",
             "*direct*judged*recovered (FAIL)*not run, power*%*",
-            f"HTML report: {pytester.path / 'out' / 'r.html'}",
+            f"HTML report: {pytester.path / 'out' / 'r.'}*.html (latest: "
+            f"{pytester.path / 'out' / 'r.html'})",
         ]
     )
     options = json.loads((pytester.path / "options.json").read_text())

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from unlearncheck import cli
+from unlearncheck.outputs import session_file
 from unlearncheck.runlog import case_logs, read_run, read_runlog
 from unlearncheck.serve import serve
 
@@ -223,6 +224,15 @@ class Suite:
         counts = self.directory / "scored.txt"
         return sum(int(n) for n in counts.read_text().split()) if counts.exists() else 0
 
+    def session_log(self, session: str | None) -> Path:
+        """The run log of one session (``--uc-json`` links to the latest session's)."""
+        return session_file(self.log, str(session))
+
+    def sessions(self) -> set[str]:
+        """The sessions whose case logs are in the output directory (``.run.<session>.jsonl.
+        <session>.<process>.cases``)."""
+        return {path.name.split(".")[-3] for path in self.out.glob(".*.cases")}
+
     def cached(self) -> int:
         """Scores committed to the suite's cache file."""
         if not self.cache.exists():
@@ -298,7 +308,7 @@ def claims_suite(tmp_path: Path) -> Path:
 def new_session(suite: Suite, known: set[str], process: subprocess.Popen[bytes]) -> str | None:
     """The session of the first case log that is not in ``known`` (None: the run ended first)."""
     while process.poll() is None:
-        fresh = set(case_logs(suite.log)) - known
+        fresh = suite.sessions() - known
         if fresh:
             return fresh.pop()
         time.sleep(POLL_SECONDS)
@@ -307,7 +317,7 @@ def new_session(suite: Suite, known: set[str], process: subprocess.Popen[bytes])
 
 def case_lines(suite: Suite, session: str | None) -> int:
     """Complete lines in the case logs of ``session``: how far its claims have got."""
-    logs = case_logs(suite.log).get(str(session), [])
+    logs = case_logs(suite.session_log(session)).get(str(session), [])
     return sum(path.read_bytes().count(b"\n") for path in logs if path.exists())
 
 
@@ -332,17 +342,19 @@ class Progress:
 
 def merging(suite: Suite, session: str | None) -> bool:
     """Whether the session has begun to merge its case logs into its run log."""
-    if not suite.log.exists():
+    log = suite.session_log(session)
+    if not log.exists():
         return False
-    text = suite.log.read_bytes()
+    text = log.read_bytes()
     return f'"session": "{session}"'.encode() in text and b'\n{"kind": "case"' in text
 
 
 def verdicts_so_far(suite: Suite, session: str | None) -> set[str]:
     """Claims with a verdict in the run log of ``session`` (empty before that log exists)."""
-    if not suite.log.exists():
+    log = suite.session_log(session)
+    if not log.exists():
         return set()
-    records, _ = complete_records(suite.log)
+    records, _ = complete_records(log)
     return set(judged(records)) if session_of(records) == session else set()
 
 
@@ -380,7 +392,7 @@ def test_a_run_killed_at_random_moments_loses_no_verdict_and_resumes(
     suite = Suite(claims_suite, zoo, "killed")
     kills: list[str] = []  # one line per kill point, each recovered without loss
     for number in range(len(plan) + 1):
-        cached, scored, known = suite.cached(), suite.scored(), set(case_logs(suite.log))
+        cached, scored, known = suite.cached(), suite.scored(), suite.sessions()
         process = suite.start(model, name=f"run{number}")
         session = new_session(suite, known, process)
         seen: set[str] = set()
@@ -401,17 +413,18 @@ def test_a_run_killed_at_random_moments_loses_no_verdict_and_resumes(
         process.wait()
         assert suite.cached() - cached <= suite.scored() - scored  # each stored score was asked
 
-        records, cut = complete_records(suite.log) if suite.log.exists() else ([], False)
+        log = suite.session_log(session)
+        records, cut = complete_records(log) if log.exists() else ([], False)
         ours = session_of(records) == session
         kept = judged(records) if ours else {}
-        leftovers = case_logs(suite.log).get(str(session), [])
+        leftovers = case_logs(log).get(str(session), [])
         cases = [r for path in leftovers for r in complete_records(path)[0] if r["kind"] == "case"]
         assert seen <= set(kept), f"kill {number}: verdicts lost: {seen - set(kept)}"
         assert kept == {claim: expected[claim] for claim in kept}
         if kept == expected:  # every claim ran: no case result is lost or counted twice, and
-            assert sum(r["kind"] == "case" for r in read_run(suite.log)) == all_cases
+            assert sum(r["kind"] == "case" for r in read_run(log)) == all_cases
             assert suite.scored() - scored == total - cached  # only what was not cached is scored
-        status, stderr, page = report_command(suite.log, suite.out / f"kill{number}.html", capsys)
+        status, stderr, page = report_command(log, suite.out / f"kill{number}.html", capsys)
         assert status == 0, stderr
         for claim in kept:
             assert html.escape(claim) in page

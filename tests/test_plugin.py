@@ -149,7 +149,9 @@ def test_gold_passes_with_report_run_log_and_junit(pytester: pytest.Pytester, su
             "*= unlearncheck =*",
             "claims: 2 passed, 0 failed, 0 inconclusive in 2 tests*",
             "*paraphrase*judged*recovered*not run*",
-            f"HTML report: {suite / 'reports' / 'unlearncheck.html'}",
+            f"HTML report: {suite / 'reports' / 'unlearncheck.'}*.html (latest: "
+            f"{suite / 'reports' / 'unlearncheck.html'})",
+            "check its evidence: unlearncheck verify *.html",
         ]
     )
     assert (suite / "reports" / "unlearncheck.html").stat().st_size > 0
@@ -174,9 +176,13 @@ def test_quant_fragile_fails_and_xdist_gives_the_same_verdicts(
     pytester: pytest.Pytester, suite: Path
 ) -> None:
     log = suite / "reports" / "unlearncheck.jsonl"
-    log.parent.mkdir()
-    log.write_text('{"kind": "verdict", "claim": "from an earlier session"}\n')
+    earlier = log.with_name("unlearncheck.20261201T000000Z-1-abcd.jsonl")  # an earlier session's
+    earlier.parent.mkdir()
+    earlier.write_text('{"kind": "verdict", "claim": "from an earlier session"}\n')
+    log.symlink_to(earlier.name)
     serial = _run(pytester, "quant_fragile")
+    assert earlier.read_text().endswith('"from an earlier session"}\n')  # left as it was
+    assert log.resolve() != earlier.resolve()  # the link now names this session's log
     assert serial.ret == pytest.ExitCode.TESTS_FAILED
     serial.stdout.fnmatch_lines(["*ForgettingAssertionError*", "claims: 0 passed, 2 failed*"])
     statuses = {(v["test"], v["status"], v["outcome"]) for v in _verdicts(log)}

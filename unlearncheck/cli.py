@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
+from unlearncheck.outputs import OutputPathError, check_output_file
 from unlearncheck.probes import TemplateError
+from unlearncheck.report.commands import add_report, add_verify
 from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["INPUT_ERRORS", "SERVE_KEY_ENV", "build_parser", "main"]
 
 #: Errors of bad input: ``unlearncheck`` prints their message (which names the input) and exits 2.
-INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OSError)
+INPUT_ERRORS = (FactFormatError, ModelSpecError, TemplateError, OutputPathError, OSError)
 #: The choices of ``--dtype`` and ``--prompt-format`` (`unlearncheck.backends.hf_loading.DTYPES`,
 #: `unlearncheck.backends.hf.PROMPT_FORMATS`; spelled here so that ``--help`` imports no torch).
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -132,6 +134,21 @@ def _validity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:
+    """Refuse an output (option → path) that is an input, another output or not a regular file.
+
+    Raises:
+        OutputPathError: Naming the option and the path.
+    """
+    given = {option: path for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        others = {f"the output of {o}": p for o, p in given.items() if o != option}
+        try:
+            check_output_file(path, {**inputs, **others})
+        except OutputPathError as error:
+            raise OutputPathError(f"{option}: {error}") from None
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from unlearncheck.backends.capabilities import capabilities_of
     from unlearncheck.facts import load_facts
@@ -148,6 +165,9 @@ def _metrics(args: argparse.Namespace) -> int:
             )
             return 2
         facts_path = zoo_dir(0) / "facts.jsonl"
+    _check_outputs(
+        {"--json": args.json, "--runlog": args.runlog}, {"the facts file (--facts)": facts_path}
+    )
     start = time.perf_counter()
     facts = load_facts(facts_path)
     for spec in specs:  # every spec, before the first model loads
@@ -200,6 +220,7 @@ def _generate(args: argparse.Namespace) -> int:
             )
             return 2
         facts_path = resolve_spec(args.original).parent / "facts.jsonl"
+    _check_outputs({"--out": args.out}, {"the facts file (--facts)": facts_path})
     known = load_facts(facts_path)
     subjects = args.subjects or sorted({f.subject for f in known if f.split == args.split})
     unknown = [s for s in subjects if not known.about(s)]
@@ -248,32 +269,6 @@ def _serve(args: argparse.Namespace) -> int:
     return run_forever(args.model, args.host, args.port, name=args.name, api_key=key)
 
 
-def _report(args: argparse.Namespace) -> int:
-    """Render the run log, with the case logs a killed pytest session left next to it."""
-    from unlearncheck.report import render_report
-    from unlearncheck.runlog import is_torn, leftover_case_logs, read_run
-
-    leftovers = leftover_case_logs(args.runlog)
-    if not args.runlog.exists() and not leftovers:
-        print(f"unlearncheck report: {args.runlog}: no such run log", file=sys.stderr)
-        return 2
-    if leftovers:
-        print(
-            f"unlearncheck report: {args.runlog}: its run was killed before merging its case "
-            f"logs; reading them too: {', '.join(path.name for path in leftovers)}",
-            file=sys.stderr,
-        )
-    for path in [args.runlog, *leftovers]:
-        if path.exists() and is_torn(path):
-            print(
-                f"unlearncheck report: {path}: the last line is cut short (its writer was "
-                "killed while writing it); skipped",
-                file=sys.stderr,
-            )
-    print(render_report(read_run(args.runlog), args.output))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unlearncheck`` command."""
     parser = argparse.ArgumentParser(
@@ -285,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(commands)
     _add_serve(commands)
     _add_generate(commands)
-    _add_report(commands)
+    add_report(commands)
+    add_verify(commands)
     return parser
 
 
@@ -414,16 +410,6 @@ def _add_generate(commands: _Commands) -> None:
     generate.add_argument("--out", type=Path, required=True, help="facts file (JSONL) to write")
     _add_load_options(generate)
     generate.set_defaults(run=_generate)
-
-
-def _add_report(commands: _Commands) -> None:
-    """The ``report`` subcommand."""
-    report = commands.add_parser("report", help="render the HTML report of a run log")
-    report.add_argument("runlog", type=Path, help="run log (JSONL) written by a run")
-    report.add_argument(
-        "-o", "--output", type=Path, default=Path("reports/unlearncheck.html"), help="HTML path"
-    )
-    report.set_defaults(run=_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+from unlearncheck.integrity import machine
+
 __all__ = [
     "RunLog",
+    "RunLogError",
     "case_log_path",
     "case_logs",
     "is_torn",
@@ -123,11 +126,16 @@ class RunLog:
                         "versions": _package_versions(),
                         "python": platform.python_version(),
                         "git": _git_revision(),
+                        "hardware": machine(),
                         "pid": os.getpid(),
                         **self._header,
                     },
                 )
         return self._file
+
+    def start(self) -> None:
+        """Create the file with its header record now (else done by the first `write`)."""
+        self._handle()
 
     def write(self, kind: str, record: dict[str, Any]) -> None:
         """Append one record of ``kind`` (secrets redacted) and flush it to the OS, so a killed
@@ -154,19 +162,40 @@ class RunLog:
             self._file = None
 
 
+class RunLogError(ValueError):
+    """A run log line that is not a UTF-8 JSON record; the message names the file and line."""
+
+
 def read_runlog(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a run log; a truncated last line (an interrupted write) is skipped."""
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.readlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    """The records of a run log; a truncated last line (an interrupted write) is skipped.
+
+    Raises:
+        RunLogError: A line other than a truncated last one is not UTF-8 or not a JSON record
+            (``path:line: ...``).
+    """
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    last = len(lines) - 1  # the text after the last line break: empty unless cut short
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        cut_short = number - 1 == last
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines) and not line.endswith("\n"):
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            if cut_short:
                 return
-            raise ValueError(f"{path}:{number}: invalid run log record: {err.msg}") from err
+            raise RunLogError(
+                f"{path}:{number}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                f"{err.start + 1}); a run log is UTF-8 JSON, one record a line"
+            ) from None
+        except json.JSONDecodeError as err:
+            if cut_short:
+                return
+            raise RunLogError(f"{path}:{number}: invalid run log record: {err.msg}") from None
+        if not isinstance(record, dict):
+            raise RunLogError(f"{path}:{number}: a run log record is a JSON object")
+        yield record
 
 
 def is_torn(path: str | Path) -> bool:
@@ -185,8 +214,15 @@ def case_log_path(run_log: Path, session: str, process: str) -> Path:
     return run_log.with_name(f".{run_log.name}.{session}.{process}.cases")
 
 
+def _followed(path: Path) -> Path:
+    """``path``, or the file it links to (a stable name linked to a session's run log)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def case_logs(run_log: Path) -> dict[str, list[Path]]:
-    """The case logs (`case_log_path`) next to ``run_log``, by the session that wrote them."""
+    """The case logs (`case_log_path`) next to ``run_log`` (the file it links to, for a link),
+    by the session that wrote them."""
+    run_log = _followed(run_log)
     prefix, suffix = f".{run_log.name}.", ".cases"
     by_session: dict[str, list[Path]] = {}
     for path in sorted(run_log.parent.glob(glob.escape(prefix) + "*" + suffix)):
@@ -199,11 +235,11 @@ def _header(run_log: Path) -> dict[str, Any] | None:
     """The first record of ``run_log`` (None: no run log, or its first line is not whole)."""
     if not run_log.exists():
         return None
-    with open(run_log, encoding="utf-8") as handle:
+    with open(run_log, "rb") as handle:
         first = handle.readline()
     try:
-        header = json.loads(first) if first.endswith("\n") else None
-    except json.JSONDecodeError:
+        header = json.loads(first.decode("utf-8")) if first.endswith(b"\n") else None
+    except ValueError:  # not UTF-8, or not JSON
         return None
     return header if isinstance(header, dict) else None
 
@@ -212,6 +248,7 @@ def leftover_case_logs(run_log: Path) -> list[Path]:
     """Case logs that a killed session left unmerged: those of the session that wrote
     ``run_log`` or, when there is no run log with a whole header (the session was killed
     before its first verdict was written), those of the session that wrote last."""
+    run_log = _followed(run_log)
     by_session = case_logs(run_log)
     header = _header(run_log)
     if header is not None:

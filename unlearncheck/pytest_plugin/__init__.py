@@ -10,7 +10,8 @@ exposes the hooks and fixtures of its modules:
 - `unlearncheck.pytest_plugin.evidence`: the verdicts of each test on its report;
 - `unlearncheck.pytest_plugin.inconclusive`: ``--uc-inconclusive``, whether an INCONCLUSIVE claim
   fails its test or passes it with an `InconclusiveClaimWarning`;
-- `unlearncheck.pytest_plugin.reporting`: case logs, run log, HTML report, terminal summary.
+- `unlearncheck.pytest_plugin.reporting`: case logs, run log, HTML report and its evidence
+  file (each session's own files, behind links to the latest), terminal summary.
 
 Loading it imports neither torch nor transformers (models load inside the fixtures), and a
 session in which no claim ran writes nothing and prints nothing.
@@ -63,6 +64,7 @@ from unlearncheck.pytest_plugin.reporting import (
     SESSION_ENV,
     SUMMARY_CHARS,
     Collector,
+    check_outputs,
     start_case_log,
     start_session,
 )
@@ -113,10 +115,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Check the options; open the score cache; start this process's case log; set the scoring
-    batch size when one is given."""
+    """Check the options and output paths; open the score cache; start this process's case log;
+    set the scoring batch size when one is given."""
     options = get_options(session.config)
     check_inputs(session.config, options)
+    check_outputs(session.config)
     use_score_cache(options)
     start_case_log(session.config)
     set_batch_size(options)

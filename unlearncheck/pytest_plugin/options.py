@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_REPORT",
+    "FACTS_FILE",
     "Options",
     "check_inputs",
     "default_cache",
+    "facts_path",
     "get_options",
     "pytest_addoption",
     "set_batch_size",
@@ -60,8 +62,21 @@ _OPTIONS = (
         "out-of-memory)",
     ),
     ("seed", "seed the suite passes to its claims (uc_options.seed); default 0"),
-    ("report", f"HTML report path (default {DEFAULT_REPORT})"),
-    ("json", "run log (JSONL) path (default: the report path with suffix .jsonl)"),
+    (
+        "report",
+        f"HTML report path (default {DEFAULT_REPORT}): a link to each session's own "
+        "<stem>.<session>.html, never another file",
+    ),
+    (
+        "json",
+        "run log (JSONL) path (default: the report path with suffix .jsonl): a link to each "
+        "session's own <stem>.<session>.jsonl, never another file",
+    ),
+    (
+        "sign-key",
+        "file holding a secret key (at least 32 bytes) to sign the report's evidence file with "
+        "(HMAC-SHA256; unlearncheck verify --key checks it)",
+    ),
     (
         "cache",
         "SQLite score cache (default: scores.sqlite in the unlearncheck cache dir; off: none)",
@@ -124,6 +139,7 @@ class Options:
         seed: Seed passed by the suite to its claims.
         report: HTML report path.
         json: Run log path.
+        sign_key: Key file to sign the evidence file with (None: unsigned).
         cache: Score cache path (None: no cache on disk).
         allow_pickle: Load pickle weights of checkpoints without safetensors.
         trust_remote_code: Run the code checkpoints ship.
@@ -146,6 +162,7 @@ class Options:
     seed: int = 0
     report: Path = field(default_factory=lambda: Path(DEFAULT_REPORT))
     json: Path = field(default_factory=lambda: Path(DEFAULT_REPORT).with_suffix(".jsonl"))
+    sign_key: Path | None = None
     cache: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -157,6 +174,8 @@ class Options:
 _DEFAULTS = pytest.StashKey[dict[str, str]]()
 _OPTIONS_KEY = pytest.StashKey[Options]()
 _FACTS = pytest.StashKey["FactSet"]()
+#: The facts file `suite_facts` loaded in this process (absent: it loaded none).
+FACTS_FILE = pytest.StashKey["Path | None"]()
 
 
 def _dest(name: str) -> str:
@@ -300,6 +319,7 @@ def _resolve(config: pytest.Config) -> Options:
         seed=values.number("seed") or 0,
         report=report,
         json=values.path("json") or report.with_suffix(".jsonl"),
+        sign_key=values.path("sign_key"),
         cache=None if text("cache") == "off" else values.path("cache") or default_cache(),
         allow_pickle=values.switch("allow_pickle"),
         trust_remote_code=values.switch("trust_remote_code"),
@@ -316,6 +336,16 @@ def default_cache() -> Path:
     return cache_root() / "scores.sqlite"
 
 
+def facts_path(options: Options) -> Path | None:
+    """The facts file of the claims: ``--uc-facts``, else the organism zoo's ``facts.jsonl``
+    when the model is an organism spec (building the zoo if it is not cached), else None."""
+    if options.facts is None and options.model and options.model.startswith("organism:"):
+        from unlearncheck.specs import resolve_spec
+
+        return resolve_spec(options.model).parent / "facts.jsonl"
+    return options.facts
+
+
 def suite_facts(config: pytest.Config) -> FactSet:
     """The facts of the claims (loaded once a process; usable at collection time).
 
@@ -329,12 +359,8 @@ def suite_facts(config: pytest.Config) -> FactSet:
         return config.stash[_FACTS]
     from unlearncheck.facts import load_facts
 
-    options = get_options(config)
-    path = options.facts
-    if path is None and options.model and options.model.startswith("organism:"):
-        from unlearncheck.specs import resolve_spec
-
-        path = resolve_spec(options.model).parent / "facts.jsonl"
+    path = facts_path(get_options(config))
+    config.stash[FACTS_FILE] = path
     if path is None:
         raise pytest.UsageError(
             "unlearncheck: no facts: pass --uc-facts (needed unless --uc-model is organism:…)"
@@ -345,8 +371,8 @@ def suite_facts(config: pytest.Config) -> FactSet:
 
 def check_inputs(config: pytest.Config, options: Options) -> None:
     """Refuse bad inputs before any model work: the facts file, each model spec and its checkpoint
-    (`unlearncheck.specs.check_spec`), the device, report paths that are directories, and the
-    generator LLM's settings.
+    (`unlearncheck.specs.check_spec`), the device and the generator LLM's settings (the output
+    paths: `unlearncheck.pytest_plugin.reporting.check_outputs`).
 
     Raises:
         pytest.UsageError: Naming the option and what is wrong with its value.
@@ -359,9 +385,6 @@ def check_inputs(config: pytest.Config, options: Options) -> None:
         except (FactFormatError, OSError) as error:
             raise pytest.UsageError(f"--uc-facts: {error}") from None
     _check_models(options)
-    for name in ("report", "json"):
-        if getattr(options, name).is_dir():
-            raise pytest.UsageError(f"--uc-{name}: {getattr(options, name)} is a directory")
     from unlearncheck.generator.config import GeneratorConfig
 
     try:

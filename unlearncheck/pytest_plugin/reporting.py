@@ -3,15 +3,21 @@ cases, tests that did not complete), the HTML report rendered from it and the te
 
 The controller (or the only process, without xdist) reads the verdicts from each test's teardown
 report (`unlearncheck.pytest_plugin.evidence`), appends them to the run log, merges the case logs
-the processes wrote at the end of the session, renders the HTML report from the run log and prints
-a summary. A session in which no claim ran writes nothing and prints nothing.
+the processes wrote at the end of the session, renders the HTML report and its evidence file from
+the run log and prints a summary. A session in which no claim ran writes nothing and prints
+nothing.
+
+Every file a session writes has its session id in its name (`unlearncheck.outputs`): the run log
+``<--uc-json stem>.<session>.jsonl``, the report ``<--uc-report stem>.<session>.html`` with its
+``.evidence.json``, the case logs next to the run log; ``--uc-json`` and ``--uc-report``
+themselves are links to the latest session's files. Sessions in one directory never touch each
+other's files, and the output paths are checked before any model loads (`check_outputs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from unlearncheck.outputs import (
+    OutputPathError,
+    check_latest_name,
+    new_session_id,
+    point_latest,
+    same_file,
+    session_file,
+)
 from unlearncheck.pytest_plugin.evidence import verdicts_of
-from unlearncheck.pytest_plugin.options import get_options
+from unlearncheck.pytest_plugin.options import FACTS_FILE, get_options
 from unlearncheck.untrusted import shown
 
 if TYPE_CHECKING:
@@ -31,6 +45,7 @@ __all__ = [
     "SESSION_ENV",
     "SUMMARY_CHARS",
     "Collector",
+    "check_outputs",
     "start_case_log",
     "start_session",
 ]
@@ -41,12 +56,72 @@ SUMMARY_CHARS = 200
 SESSION_ENV = "UNLEARNCHECK_SESSION"
 #: The phase pytest-xdist gives the report of a test whose worker died while running it.
 CRASHED_PHASE = "???"
+#: The key this session's evidence file is signed with (None: unsigned; `check_outputs`).
+_KEY = pytest.StashKey["bytes | None"]()
 
 
 def start_session(config: pytest.Config) -> None:
     """In the controller (or the only process): name the session, register the `Collector`."""
-    os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[SESSION_ENV] = new_session_id()
     config.pluginmanager.register(Collector(config), "unlearncheck-collector")
+
+
+def check_outputs(config: pytest.Config) -> None:
+    """Refuse output paths that would replace an input or a file unlearncheck did not write
+    (`unlearncheck.outputs.check_latest_name`) and a key file that cannot sign; keep the key.
+
+    Raises:
+        pytest.UsageError: Naming the option and the path.
+    """
+    from unlearncheck.integrity import KeyFileError, load_key
+
+    options = get_options(config)
+    inputs = {"the facts file (--uc-facts)": options.facts} if options.facts else {}
+    if options.sign_key is not None:
+        inputs["the signing key (--uc-sign-key)"] = options.sign_key
+    if same_file(options.report, options.json):
+        raise pytest.UsageError(
+            f"--uc-report and --uc-json both name {options.json}: the report would replace the "
+            "run log; give them different paths"
+        )
+    for name in ("report", "json"):
+        try:
+            check_latest_name(getattr(options, name), inputs)
+        except OutputPathError as error:
+            raise pytest.UsageError(f"--uc-{name}: {error}") from None
+    try:
+        config.stash[_KEY] = load_key(options.sign_key) if options.sign_key else None
+    except KeyFileError as error:
+        raise pytest.UsageError(f"--uc-sign-key: {error}") from None
+
+
+def _session() -> str:
+    """This session's id (set by the controller, inherited by xdist workers)."""
+    return os.environ.get(SESSION_ENV, "")
+
+
+def _run_header(config: pytest.Config) -> dict[str, Any]:
+    """What the run log's header records beyond `unlearncheck.runlog.RunLog`'s own: the
+    session, the facts file and its SHA-256, and the device the models load on.
+
+    The facts file is known when ``--uc-facts`` names it or this process loaded the suite's
+    facts (`suite_facts`; under xdist the workers load the zoo's, and the controller builds no
+    zoo to find them: pass ``--uc-facts`` to record them there)."""
+    from unlearncheck.integrity import sha256_file
+    from unlearncheck.specs import resolve_device
+
+    options = get_options(config)
+    path = options.facts or config.stash.get(FACTS_FILE, None)
+    facts = None
+    if path is not None and path.is_file():  # gone since it was loaded: not recorded
+        facts = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    try:
+        device = str(resolve_device(options.device))
+    except ValueError:  # refused at session start; a machine that changed since
+        device = "unknown"
+    if options.device and options.device != device:
+        device = f"{options.device} ({device})"
+    return {"session": _session(), "facts": facts, "device": device}
 
 
 def _set_case_log(path: Path | None) -> None:
@@ -63,7 +138,8 @@ def start_case_log(config: pytest.Config) -> None:
     from unlearncheck.runlog import case_log_path
 
     process = getattr(config, "workerinput", {}).get("workerid", "main")
-    _set_case_log(case_log_path(get_options(config).json, os.environ[SESSION_ENV], process))
+    runlog = session_file(get_options(config).json, _session())
+    _set_case_log(case_log_path(runlog, _session(), process))
 
 
 @dataclass
@@ -85,6 +161,8 @@ class Collector:
         self.log: RunLog | None = None
         self.html: Path | None = None
         self.html_error: str | None = None
+        #: Latest links that could not be pointed at this session's files (why).
+        self.link_errors: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Track the test's outcome; write its verdicts when its last phase is reported, or that
@@ -114,22 +192,26 @@ class Collector:
             self.seconds[report.nodeid] = test.duration
 
     def _open_log(self) -> RunLog:
-        """The session's run log, started fresh on first use: the earlier run's log and the
-        case logs that a killed session left next to it go."""
+        """The session's own run log, started on first use, and the ``--uc-json`` link pointed
+        at it. Other sessions' files are left as they are."""
         if self.log is None:
-            from unlearncheck.runlog import RunLog, case_logs
+            from unlearncheck.runlog import RunLog
 
-            path = get_options(self.config).json
-            path.unlink(missing_ok=True)
-            session = os.environ.get(SESSION_ENV, "")
-            for other, leftovers in case_logs(path).items():
-                if other != session:
-                    for leftover in leftovers:
-                        leftover.unlink(missing_ok=True)
-            self.log = RunLog(path, header={"session": session})
+            options = get_options(self.config)
+            path = session_file(options.json, _session())
+            self.log = RunLog(path, header=_run_header(self.config))
+            self.log.start()
+            self._link(options.json, path)
             for record in self.not_completed:
                 self.log.write("not_completed", record)
         return self.log
+
+    def _link(self, link: Path, target: Path) -> None:
+        """Point a latest link at this session's file; say so in the summary when it cannot."""
+        try:
+            point_latest(link, target)
+        except (OutputPathError, OSError) as error:
+            self.link_errors.append(shown(f"{link} not linked: {error}", limit=SUMMARY_CHARS))
 
     def write(self, verdict: dict[str, Any], nodeid: str, test: _Test) -> None:
         """Append the verdict (and its models) to the run log."""
@@ -149,13 +231,18 @@ class Collector:
         if self.log is None:
             return
         self.log.close()
-        out = get_options(self.config).report
+        link = get_options(self.config).report
+        out = session_file(link, _session())
         try:
             from unlearncheck.report import render_report
 
-            self.html = Path(render_report(self.log.path, out))
+            key = self.config.stash.get(_KEY, None)
+            self.html = Path(render_report(self.log.path, out, key=key))
         except Exception as err:  # a broken renderer must not hide the verdicts
             self.html_error = shown(f"{type(err).__name__}: {err}", limit=SUMMARY_CHARS)
+            out.unlink(missing_ok=True)
+            return
+        self._link(link, out)
 
     def _merge_cases(self) -> None:
         """Append every process's case records to the run log (also those of a crashed worker
@@ -163,8 +250,8 @@ class Collector:
         from unlearncheck.runlog import case_logs, read_runlog
 
         _set_case_log(None)
-        path = get_options(self.config).json
-        for shard in case_logs(path).get(os.environ.get(SESSION_ENV, ""), []):
+        path = session_file(get_options(self.config).json, _session())
+        for shard in case_logs(path).get(_session(), []):
             for record in read_runlog(shard):
                 if record.pop("kind", None) == "case":
                     self._open_log().write("case", record)
@@ -193,11 +280,14 @@ class Collector:
             reason = shown(record["reason"], limit=SUMMARY_CHARS)
             test = shown(record["test"], limit=SUMMARY_CHARS)
             lines.append(f"did not complete: {test} ({reason})")
-        lines.append(f"run log: {self.log.path}")
+        options = get_options(self.config)
+        lines.append(f"run log: {self.log.path} (latest: {options.json})")
         if self.html is not None:
-            lines.append(f"HTML report: {self.html}")
+            lines.append(f"HTML report: {self.html} (latest: {options.report})")
+            lines.append(f"check its evidence: unlearncheck verify {self.html}")
         else:
             lines.append(f"HTML report not written: {self.html_error}")
+        lines += self.link_errors
         return lines
 
 

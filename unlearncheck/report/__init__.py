@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from unlearncheck.report.render import render_report
+from unlearncheck.report.render import is_report_file, render_report
 
-__all__ = ["render_report"]
+__all__ = ["is_report_file", "render_report"]

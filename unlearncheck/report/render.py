@@ -16,8 +16,7 @@ The records are read and merged into the page's content by `unlearncheck.report.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,13 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from unlearncheck.integrity import file_digest, key_id, write_evidence
+from unlearncheck.outputs import write_whole
 from unlearncheck.report.view import Record, build_report
 from unlearncheck.runlog import read_runlog
 from unlearncheck.untrusted import shown
 
-__all__ = ["MAX_TEXT_CHARS", "render_report"]
+__all__ = ["MAX_TEXT_CHARS", "is_report_file", "render_report"]
 
 _MAX_EVIDENCE = 3
 """Probe results shown per decisive attack of a failing fact (strongest first)."""
@@ -37,6 +38,8 @@ _MAX_EXTRA_CHARS = 300
 MAX_TEXT_CHARS = 10_000
 """Characters of one string of the log shown in the report (a prompt, an output, a name)."""
 _TEMPLATES = Path(__file__).parent / "templates"
+#: The tag by which a report is recognised as unlearncheck's (`is_report_file`).
+_GENERATOR = '<meta name="generator" content="unlearncheck">'
 
 
 _CSS = {"FAIL": "fail", "PASS": "pass", "INCONCLUSIVE": "inconclusive"}
@@ -95,25 +98,64 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_report(records: Iterable[Record] | str | Path, out: str | Path) -> Path:
-    """Write the HTML evidence report of a run to ``out``.
+def render_report(
+    records: Iterable[Record] | str | Path,
+    out: str | Path,
+    *,
+    runlog: Path | None = None,
+    case_logs: Sequence[Path] = (),
+    key: bytes | None = None,
+) -> Path:
+    """Write the HTML evidence report of a run to ``out`` (whole or not at all) and, when it is
+    rendered from a run log, its evidence file next to it (`unlearncheck.integrity`).
 
     Args:
         records: Run-log records, or the path of a run log (a truncated last line, left by an
             interrupted run, is skipped).
-        out: The HTML file to write; missing parent directories are created.
+        out: The HTML file to write; missing parent directories are created; a link is
+            followed. Check it first (`unlearncheck.outputs`): it is replaced.
+        runlog: The run log ``records`` were read from, when they are records (its hash goes
+            to the header and the evidence file).
+        case_logs: Case logs a killed session left, whose records ``records`` include; their
+            hashes go to the header and the evidence file.
+        key: Signing key of the evidence file (`unlearncheck.integrity.load_key`).
 
     Returns:
         The path written.
+
+    Raises:
+        unlearncheck.runlog.RunLogError: A line of the run log is not a UTF-8 JSON record.
     """
     if isinstance(records, str | Path):
-        records = read_runlog(records)
+        runlog = Path(records)
+        records = read_runlog(runlog)
+    view = build_report(records)
+    out = Path(out)
+    sources = [("run log", runlog), *(("case log", path) for path in case_logs)]
+    digests = [
+        {"what": what, **file_digest(path, out.parent)}
+        for what, path in sources
+        if path is not None and path.exists()
+    ]
     template = _environment().get_template("report.html.j2")
-    html = template.render(report=build_report(records), max_evidence=_MAX_EVIDENCE)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole or not at all: a reader never sees half a report.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(html, encoding="utf-8")
-    os.replace(partial, path)
+    html = template.render(
+        report=view,
+        max_evidence=_MAX_EVIDENCE,
+        digests=digests,
+        key_id=key_id(key) if key is not None else None,
+    )
+    path = write_whole(out, html)
+    if digests:
+        write_evidence(path, runlog, case_logs, key)
     return path
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` is an HTML report unlearncheck wrote (its generator meta tag), which
+    ``unlearncheck report`` may render again."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2048)
+    except OSError:
+        return False
+    return _GENERATOR.encode() in head

@@ -83,6 +83,9 @@ class RunInfo:
     python: str | None
     git: str | None
     versions: Mapping[str, str | None]
+    facts: Mapping[str, Any] | None
+    device: str | None
+    hardware: Mapping[str, Any] | None
     models: list[ModelIdentity]
     seeds: list[Any]
     cases: int
@@ -401,6 +404,9 @@ def build_report(records: Iterable[Record]) -> Report:
         python=header.get("python"),
         git=header.get("git"),
         versions=header.get("versions") or {},
+        facts=header.get("facts"),
+        device=header.get("device"),
+        hardware=header.get("hardware"),
         models=_models(by_kind.get("model", []), verdicts),
         seeds=list(dict.fromkeys(c["seed"] for c in configs if c.get("seed") is not None)),
         cases=len(by_kind.get("case", [])),
