@@ -54,6 +54,7 @@ __all__ = [
     "ClaimOptions",
     "Settings",
     "finish",
+    "forget_power_runs",
     "load_models",
     "open_log",
     "set_case_log",
@@ -71,6 +72,11 @@ _case_log: RunLog | None = None
 #: kept uncorrected and copied for each claim, which corrects its own copy.
 MAX_POWER_RUNS = 64
 _POWER: OrderedDict[tuple[Any, ...], tuple[Attack, dict[str, AttackOutcome]]] = OrderedDict()
+
+
+def forget_power_runs() -> None:
+    """Drop the power runs kept in this process (their scores were found untrustworthy)."""
+    _POWER.clear()
 
 
 def set_case_log(path: str | Path | None) -> None:
