@@ -245,7 +245,10 @@ def _serve(args: argparse.Namespace) -> int:
     from unlearncheck.serve import run_forever
 
     key = os.environ.get(SERVE_KEY_ENV) or None
-    return run_forever(args.model, args.host, args.port, name=args.name, api_key=key)
+    from unlearncheck.serve import DEFAULT_MAX_WORK
+
+    work = args.max_work or DEFAULT_MAX_WORK
+    return run_forever(args.model, args.host, args.port, name=args.name, api_key=key, max_work=work)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -372,6 +375,17 @@ def _add_load_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_serve(commands: _Commands) -> None:
     """The ``serve`` subcommand."""
     serve = commands.add_parser(
@@ -383,6 +397,12 @@ def _add_serve(commands: _Commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
     serve.add_argument("--name", help="model id the API reports (default: the spec)")
+    serve.add_argument(
+        "--max-work",
+        type=_positive_int,
+        help="most tokens one request may ask to generate, prompts × n × max_tokens (default "
+        "16384, unlearncheck.serve.DEFAULT_MAX_WORK); larger requests get HTTP 413",
+    )
     serve.set_defaults(run=_serve)
 
 
