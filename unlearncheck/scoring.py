@@ -25,6 +25,7 @@ import numpy as np
 
 from unlearncheck.backends.capabilities import GeneratingModel, ScoringModel
 from unlearncheck.cache_check import CacheChecker, CacheLedger, Mismatch, ScoreCacheWarning
+from unlearncheck.lengths import too_long
 from unlearncheck.probes import Probe
 from unlearncheck.score_cache import ScoreCache, ScoreCacheError
 
@@ -249,7 +250,10 @@ class Scorer:
         step = self.batch_size * _BATCHES_PER_COMMIT
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
-            scores = model.score_answers(chunk, batch_size=self.batch_size)
+            try:
+                scores = model.score_answers(chunk, batch_size=self.batch_size)
+            except IndexError as error:  # learned positions run out: name the long prompt
+                raise too_long(model, chunk, error) from error
             for request, score in zip(chunk, scores, strict=True):
                 known[request] = (score.logprob, score.n_tokens)
             if cacheable:
