@@ -1,12 +1,14 @@
 """What the score cache's check costs: a cached re-run of a claim with and without it.
 
-Run: ``python bench/cache_check.py [--zoo DIR] [--repeats 2] [--out bench/results]``.
+Run: ``python bench/cache_check.py [--zoo DIR] [--variants gold,npo_gd,original] [--repeats 2]
+[--out bench/results]``.
 
-For a claim that PASSes (``gold``: every cached score it uses is re-scored) and one that FAILs
-(``npo_gd``: only the spot checks), with the six input attacks on the 96 forget facts and the
-original given: the claim is scored once into an empty cache file, then re-run from that file in
-fresh processes with the check (`unlearncheck.cache_check`) and without it (no spot checks, no
-re-check before a PASS), alternating. Each time is the claim alone (models loaded before).
+For claims on the zoo's variants with the six input attacks on the 96 forget facts and the
+original given (``gold`` and ``npo_gd`` have facts that PASS, so every cached score they use is
+re-scored; ``original`` FAILs every fact, so only the spot checks run): the claim is scored once
+into an empty cache file, then re-run from that file in fresh processes with the check
+(`unlearncheck.cache_check`) and without it (no spot checks, no re-check before a PASS),
+alternating. Each time is the claim alone (models loaded before).
 Results go to ``<out>/cache_check.json`` and are printed.
 """
 
@@ -27,7 +29,7 @@ from unlearncheck.facts import load_facts
 from unlearncheck.loading import load_model
 from unlearncheck.organism import zoo_dir
 
-VARIANTS = ("gold", "npo_gd")
+VARIANTS = "gold,npo_gd,original"
 
 
 def _claim(zoo: Path, variant: str, cache: Path, checked: bool) -> dict[str, object]:
@@ -61,6 +63,7 @@ def _child(zoo: Path, variant: str, cache: Path, checked: bool) -> dict[str, obj
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--zoo", type=Path, default=None, help="a zoo folder (default: seed 0's)")
+    parser.add_argument("--variants", default=VARIANTS, help="comma-separated zoo variants")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -72,7 +75,7 @@ def main() -> None:
     zoo = args.zoo or zoo_dir(0)
     rows: dict[str, dict[str, list[dict[str, object]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in args.variants.split(","):
             cache = Path(tmp) / f"{variant}.sqlite"
             rows[variant] = {"fill": [_child(zoo, variant, cache, True)], "on": [], "off": []}
             for _ in range(args.repeats):

@@ -70,10 +70,10 @@ def assert_forgotten(
 
 
 #: A decided claim, not yet finished: the claim, its status, its fact verdicts, its config.
-Decision = tuple[Claim, Status, list[FactVerdict], dict[str, Any]]
+_Decision = tuple[Claim, Status, list[FactVerdict], dict[str, Any]]
 
 
-def _decided(decide: Callable[[], Decision]) -> Verdict:
+def _decided(decide: Callable[[], _Decision]) -> Verdict:
     """The verdict of ``decide()``, on scores the score cache cannot have falsified.
 
     While the claim is decided, scores read from the disk cache are spot-checked; before a claim
@@ -103,7 +103,7 @@ def _forgotten(
     attacks: Sequence[Attack],
     original: ModelLike | None,
     reference: ModelLike | None,
-) -> Decision:
+) -> _Decision:
     """`assert_forgotten`'s claim, decided."""
     claim = Claim.prepare(
         "forgotten", facts, (model, reference, original), settings, calibrate=True
@@ -261,7 +261,7 @@ def _retained(
     original: ModelLike | None,
     max_loss: float,
     max_drop: float,
-) -> Decision:
+) -> _Decision:
     """`assert_retained`'s claim, decided."""
     claim = Claim.prepare("retained", facts, (model, None, original), settings, calibrate=False)
     on_model = claim.judge_base("direct", "model", claim.facts)
