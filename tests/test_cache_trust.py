@@ -90,6 +90,23 @@ def test_an_honest_cache_gives_the_same_verdicts_and_says_what_it_checked(
     assert checked["rechecked"] == checked["from_cache"] > 100
 
 
+def test_a_discard_drops_the_cached_scores_already_in_memory(
+    tiny_checkpoint: Path, disk_cache: Path
+) -> None:
+    model = HFModel.load(str(tiny_checkpoint), device="cpu")
+    first, second = _requests(200)[:100], _requests(200)[100:]
+    honest = scoring.Scorer(batch_size=16).loglikelihoods(model, first + second)
+    scoring.forget_scores()
+    assert scoring.Scorer(batch_size=16).loglikelihoods(model, first) == honest[:100]
+    with sqlite3.connect(disk_cache) as db:  # the rows not yet read
+        db.executemany(
+            "UPDATE loglikelihoods SET logprob = 0 WHERE prompt = ? AND continuation = ?", second
+        )
+    with pytest.warns(ScoreCacheWarning, match="discarded"):
+        again = scoring.Scorer(batch_size=16).loglikelihoods(model, first + second)
+    assert again == pytest.approx(honest, abs=1e-4)
+
+
 def _corrupt(path: Path) -> None:
     """Overwrite the middle pages of a checkpointed SQLite file with noise."""
     data = bytearray(path.read_bytes())

@@ -245,7 +245,7 @@ class Scorer:
         cacheable = getattr(model, "cacheable", True)
         if missing and cacheable:
             known.update(_read_disk(model, key, missing, self.batch_size))
-            missing = [r for r in missing if r not in known]
+            missing = sorted({r for r in requests if r not in known})  # and what a discard dropped
         _CHECK.used(model, key, requests)
         step = self.batch_size * _BATCHES_PER_COMMIT
         for start in range(0, len(missing), step):
