@@ -29,8 +29,10 @@ from unlearncheck.backends.hf import HFModel
 from unlearncheck.claims import assert_forgotten, assert_retained
 from unlearncheck.cli import main
 from unlearncheck.facts import MAX_LINE_BYTES, Fact, FactFormatError, FactSet, load_facts, load_tofu
+from unlearncheck.lengths import PromptTooLongError
 from unlearncheck.loading import load_model
 from unlearncheck.probes import TemplateError, Templates
+from unlearncheck.score_cache import ScoreCache, ScoreCacheError
 from unlearncheck.specs import ModelSpecError, check_checkpoint, resolve_spec
 
 pytest_plugins = ["pytester"]
@@ -57,6 +59,16 @@ def jsonl(*records: object) -> str:
 
 def one_fact() -> FactSet:
     return FactSet([Fact.from_dict(FACT)])
+
+
+def long_question() -> FactSet:
+    """`FACT` asked with a 120-word question, among two other people's birth cities."""
+    question = "In which city was Varo Melin born " * 15
+    others = [
+        record(id=f"p{i}/birth_city", subject=f"Person {i}", object=c)
+        for i, c in enumerate(["Paris", "Oslo"])
+    ]
+    return FactSet(Fact.from_dict(r) for r in [record(question=question), *others])
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, zoo: Path) -> dict[str
     (built["bad_config"] / "config.json").write_text("{not json")
     for file in ("tokenizer.json", "tokenizer_config.json"):
         (built["no_tokenizer"] / file).unlink()
+    built["short_context"] = save("short_context")
+    built["bad_sizes"] = save("bad_sizes")
+    edit_json(built["bad_sizes"] / "config.json", n_embd=32)
+    built["no_pad_eos"] = save("no_pad_eos")
+    no_pad = json.loads((built["no_pad_eos"] / "tokenizer_config.json").read_text())
+    for key in ("pad_token", "eos_token"):
+        no_pad.pop(key, None)
+    (built["no_pad_eos"] / "tokenizer_config.json").write_text(json.dumps(no_pad))
     built["corrupt_weights"] = save("corrupt_weights")
     (built["corrupt_weights"] / "model.safetensors").write_bytes(b"not safetensors")
     return built
@@ -412,6 +432,25 @@ LIBRARY = [
     ),
     case("claim: unknown readout", claim(readout="mean"), ValueError, "unknown readout 'mean'"),
     case(
+        "claim: a seed torch cannot take",
+        claim(seed=2**70),
+        ValueError,
+        "seed must be a whole number from 0 to 2**63 - 1, got 1180591620717411303424",
+    ),
+    case(
+        "claim: the meta device",
+        claim(device="meta"),
+        ValueError,
+        "device 'meta' holds no data",
+    ),
+    case(
+        "claim: a question longer than the model's context",
+        lambda s: assert_forgotten(str(s.checkpoints["short_context"]), long_question(), [direct]),
+        PromptTooLongError,
+        "fact 'varo/birth_city'",
+        "over the 64 positions of {short_context}'s context",
+    ),
+    case(
         "claim: unknown on_inconclusive",
         claim(on_inconclusive="ignore"),
         ValueError,
@@ -458,6 +497,63 @@ LIBRARY = [
         ModelSpecError,
         "'openai:tiny'",
         "expected openai:<model name>@<http(s) base URL>",
+    ),
+    case(
+        "checkpoint: config sizes that do not match the weights",
+        hf_load("{bad_sizes}"),
+        ModelSpecError,
+        "{bad_sizes}: its weights do not match config.json: 16 tensor(s) shaped differently",
+        "is [16] in model.safetensors, [32] by config.json",
+    ),
+    case(
+        "checkpoint: a tokenizer with neither pad nor eos token",
+        hf_load("{no_pad_eos}"),
+        ModelSpecError,
+        "{no_pad_eos}: its tokenizer has neither a pad nor an eos token",
+    ),
+    case(
+        "model: organism spec with a seed torch cannot take",
+        lambda s: resolve_spec("organism:gold@seed=1180591620717411303424"),
+        ModelSpecError,
+        "'organism:gold@seed=1180591620717411303424'",
+        "from 0 to 2**63 - 1",
+    ),
+    case(
+        "model: organism spec with a superscript seed",
+        lambda s: resolve_spec("organism:gold@seed=\u00b2"),
+        ModelSpecError,
+        "expected '@seed=<n>'",
+    ),
+    case(
+        "facts: a 5,000-digit number",
+        facts_file(
+            '{"id": "a", "subject": "s", "relation": "r", "object": "o", "n": ' + "1" * 5000 + "}\n"
+        ),
+        FactFormatError,
+        FACTS_FILE + ":1",
+        "invalid JSON",
+        "4300 digits",
+    ),
+    case(
+        "facts: arrays nested 100,000 deep",
+        facts_file(jsonl(FACT) + "[" * 100_000 + "]" * 100_000 + "\n"),
+        FactFormatError,
+        FACTS_FILE + ":2",
+        "nested too deeply",
+    ),
+    case(
+        "templates: a 5,000-digit number",
+        templates_file('{"n": ' + "1" * 5000 + "}"),
+        TemplateError,
+        TEMPLATES_FILE,
+        "invalid JSON",
+    ),
+    case(
+        "score cache: a folder that cannot be created",
+        lambda s: ScoreCache(s.file("file", "") / "sub" / "scores.sqlite"),
+        ScoreCacheError,
+        "{tmp}/file/sub/scores.sqlite: cannot create the score cache's folder",
+        "--uc-cache",
     ),
     case(
         "checkpoint: no config.json",
@@ -622,6 +718,21 @@ PLUGIN = [
         "--uc-trust-remote-code",
     ),
     plugin_case("--uc-device unknown", ("--uc-device=gpu",), "", "--uc-device: device 'gpu'"),
+    plugin_case(
+        "--uc-device meta", ("--uc-device=meta",), "", "--uc-device: device 'meta' holds no data"
+    ),
+    plugin_case(
+        "--uc-seed too large",
+        ("--uc-seed=1180591620717411303424",),
+        "",
+        "--uc-seed must be a whole number from 0 to 2**63 - 1",
+    ),
+    plugin_case(
+        "--uc-cache folder that cannot be created",
+        ("--uc-cache={tmp}/bad.jsonl/sub/scores.sqlite",),
+        "",
+        "--uc-cache: {tmp}/bad.jsonl/sub/scores.sqlite: cannot create the score cache's folder",
+    ),
     plugin_case(
         "--uc-report is a directory",
         ("--uc-report={tmp}",),
@@ -793,6 +904,21 @@ COMMAND = [
         ["verify", "{tmp}/run.jsonl"],
         ("unlearncheck verify: {tmp}/run.evidence.json: no evidence file",),
         id="verify: no evidence file",
+    ),
+    pytest.param(
+        ["serve", "{no_pad_eos}", "--port=0"],
+        ("unlearncheck serve: {no_pad_eos}: its tokenizer has neither a pad nor an eos token",),
+        id="serve: a tokenizer with neither pad nor eos token",
+    ),
+    pytest.param(
+        ["serve", "{tmp}/m", "--max-work=0"],
+        ("--max-work: must be at least 1, got 0",),
+        id="serve: a work cap below 1",
+    ),
+    pytest.param(
+        ["organism", "--out={tmp}/zoo", "--seed=1180591620717411303424"],
+        ("--seed: a seed must be a whole number from 0 to 2**63 - 1",),
+        id="organism: a seed torch cannot take",
     ),
     pytest.param(
         ["validity", "--reference=goldd"],

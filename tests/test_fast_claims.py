@@ -28,44 +28,6 @@ from unlearncheck.verdict import (
 
 pytest_plugins = ["pytester"]
 
-TRAIN_STEPS = 300
-
-
-@pytest.fixture(scope="module")
-def trained(
-    tiny_checkpoint: Path, homes: FactSet, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """`tiny_checkpoint` fine-tuned on the direct probes of `homes`, the loss on the answer."""
-    import torch
-    from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    from unlearncheck.attacks.context import ProbeContext
-    from unlearncheck.attacks.input import _direct
-    from unlearncheck.probes import Templates
-
-    context = ProbeContext(homes, homes, Templates.load())
-    texts = [f"{p.prompt} {fact.object}" for fact in homes for p in _direct(fact, context)]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    batch = tokenizer(texts, return_tensors="pt", padding=True)  # padded on the right
-    rows, last = torch.arange(len(texts)), batch["attention_mask"].sum(1) - 1
-    labels = torch.full_like(batch["input_ids"], -100)
-    labels[rows, last] = batch["input_ids"][rows, last]
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(TRAIN_STEPS):
-            loss = model(**batch, labels=labels).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    assert loss.item() < 0.1, f"the tiny model did not learn its facts (loss {loss.item():.3f})"
-    path = tmp_path_factory.mktemp("tiny_trained")
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 def _logged(path: Path) -> tuple[list[dict], list[dict]]:
     """The verdict and case records of a run log."""

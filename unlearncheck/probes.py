@@ -244,6 +244,8 @@ class Templates:
                 raise TemplateError(f"{path}:{line}: not UTF-8: {err.reason}") from err
             except json.JSONDecodeError as err:
                 raise TemplateError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+            except (ValueError, RecursionError) as err:  # a huge number, a deep nesting
+                raise TemplateError(f"{path}: invalid JSON: {err}") from err
             if not isinstance(extra, dict):
                 raise TemplateError(f"{path}: the top level must be a JSON object")
             _check_templates(extra, path)

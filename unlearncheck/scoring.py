@@ -4,23 +4,30 @@ Readout: the normalized answer probability p̂ = p(answer) / Σ p(option) over t
 distractors, with p = exp(mean log-probability of the option's tokens | prompt) (``token_mean``)
 or exp(total log-probability) (``sum``). Every log-likelihood is kept in memory and, with
 `use_score_cache`, in a SQLite file; reproducible generations (greedy, or sampled with a seed)
-are cached there too.
+are cached there too. Scores read from that file are re-checked against the model
+(`unlearncheck.cache_check`): a seeded sample of every read, and, through `cache_ledger` and
+`confirm_cached`, every one a PASS rests on; a disagreement discards the file's contents with a
+`ScoreCacheWarning`. A file SQLite cannot read is left aside with the same warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from unlearncheck.backends.capabilities import GeneratingModel, ScoringModel
+from unlearncheck.cache_check import CacheChecker, CacheLedger, Mismatch, ScoreCacheWarning
+from unlearncheck.lengths import too_long
 from unlearncheck.probes import Probe
-from unlearncheck.score_cache import ScoreCache
+from unlearncheck.score_cache import ScoreCache, ScoreCacheError
 
 __all__ = [
     "AUTO_BATCH_SIZE",
@@ -28,6 +35,8 @@ __all__ = [
     "ProbeScores",
     "Readout",
     "Scorer",
+    "cache_ledger",
+    "confirm_cached",
     "forget_scores",
     "generate",
     "score_cache_path",
@@ -65,6 +74,9 @@ def set_batch_size(size: int | Literal["auto"]) -> None:
 #: Answer log-likelihoods computed so far: model key → (prompt, option) → (sum, tokens).
 _LOGLIKELIHOODS: dict[str, dict[tuple[str, str], tuple[float, int]]] = {}
 _score_cache: ScoreCache | None = None
+#: Which scores in memory came from the disk cache, and which of those are re-checked.
+_CHECK = CacheChecker()
+_T = TypeVar("_T")
 #: Batches scored between two commits to the on-disk cache (what an interruption can lose).
 _BATCHES_PER_COMMIT = 4
 
@@ -80,6 +92,75 @@ def use_score_cache(path: Path | None) -> None:
 def forget_scores() -> None:
     """Drop the scores kept in this process (those in the on-disk cache stay)."""
     _LOGLIKELIHOODS.clear()
+    _CHECK.forget()
+
+
+@contextmanager
+def cache_ledger() -> Iterator[CacheLedger]:
+    """Count, while the block runs (one claim), the scores read from the disk cache and those
+    re-checked (`CacheLedger`)."""
+    previous, _CHECK.ledger = _CHECK.ledger, CacheLedger()
+    try:
+        yield _CHECK.ledger
+    finally:
+        _CHECK.ledger = previous
+
+
+def confirm_cached() -> None:
+    """Re-score every cached score used in the open `cache_ledger` that no check confirmed yet;
+    on a disagreement, discard the cache (`CacheLedger.discarded` says why)."""
+    mismatch = _CHECK.confirm(lambda key: _LOGLIKELIHOODS.get(key, {}), _batch_size)
+    if mismatch is not None:
+        _discard(mismatch)
+
+
+def _disk(action: Callable[[ScoreCache], _T], default: _T) -> _T:
+    """``action`` on the disk cache; ``default`` when there is none or it cannot be read (then
+    it is left aside for the rest of the process, with a warning)."""
+    global _score_cache
+    if _score_cache is None:
+        return default
+    try:
+        return action(_score_cache)
+    except ScoreCacheError as error:
+        warnings.warn(ScoreCacheWarning(f"{error}; going on without it"), stacklevel=3)
+        _score_cache.close()
+        _score_cache = None
+        return default
+
+
+def _discard(mismatch: Mismatch) -> None:
+    """Empty the disk cache whose scores disagree with the model, and drop every score read
+    from it from memory, with a warning."""
+    where = _score_cache.path if _score_cache is not None else "the score cache"
+    message = f"{where}: {mismatch.describe()}; the cache was discarded and scored afresh"
+    warnings.warn(ScoreCacheWarning(message), stacklevel=3)
+    _disk(lambda cache: cache.clear(), None)
+    for key, requests in _CHECK.from_disk().items():
+        scores = _LOGLIKELIHOODS.get(key, {})
+        for request in requests:
+            scores.pop(request, None)
+    _CHECK.forget()
+    if _CHECK.ledger is not None:
+        _CHECK.ledger.discarded = message
+        _CHECK.ledger.used.clear()
+
+
+def _read_disk(
+    model: ScoringModel, key: str, missing: list[tuple[str, str]], batch_size: int
+) -> dict[tuple[str, str], tuple[float, int]]:
+    """The disk cache's scores of ``missing``, spot-checked ({} when it is off, unreadable, or
+    discarded by the check)."""
+    none: dict[tuple[str, str], tuple[float, int]] = {}
+    hits = _disk(lambda cache: cache.get(key, missing), none)
+    if not hits:
+        return hits
+    _CHECK.loaded(key, hits)
+    mismatch = _CHECK.spot_check(model, key, hits, batch_size)
+    if mismatch is None:
+        return hits
+    _discard(mismatch)
+    return {}
 
 
 def scored_requests(model: ScoringModel) -> list[tuple[str, str]]:
@@ -131,16 +212,15 @@ def generate(
             batch_size=GENERATION_BATCH_SIZE,
         )
 
-    disk = _score_cache if getattr(model, "cacheable", True) else None
-    if disk is None or (do_sample and seed is None):
+    if not getattr(model, "cacheable", True) or (do_sample and seed is None):
         return run()
     options = [max_new_tokens, do_sample, temperature, top_p, num_samples, seed]
     call = json.dumps([list(prompts), options, GENERATION_BATCH_SIZE])
     digest, key = hashlib.sha256(call.encode()).hexdigest(), _model_key(model)
-    cached = disk.get_generation(key, digest)
+    cached = _disk(lambda cache: cache.get_generation(key, digest), None)
     if cached is None:
         cached = run()
-        disk.put_generation(key, digest, cached)
+        _disk(lambda cache: cache.put_generation(key, digest, cached), None)
     return cached
 
 
@@ -162,18 +242,23 @@ class Scorer:
         key = _model_key(model)
         known = _LOGLIKELIHOODS.setdefault(key, {})
         missing = sorted({r for r in requests if r not in known})
-        disk = _score_cache if getattr(model, "cacheable", True) else None
-        if missing and disk is not None:
-            known.update(disk.get(key, missing))
-            missing = [r for r in missing if r not in known]
+        cacheable = getattr(model, "cacheable", True)
+        if missing and cacheable:
+            known.update(_read_disk(model, key, missing, self.batch_size))
+            missing = sorted({r for r in requests if r not in known})  # and what a discard dropped
+        _CHECK.used(model, key, requests)
         step = self.batch_size * _BATCHES_PER_COMMIT
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
-            scores = model.score_answers(chunk, batch_size=self.batch_size)
+            try:
+                scores = model.score_answers(chunk, batch_size=self.batch_size)
+            except IndexError as error:  # learned positions run out: name the long prompt
+                raise too_long(model, chunk, error) from error
             for request, score in zip(chunk, scores, strict=True):
                 known[request] = (score.logprob, score.n_tokens)
-            if disk is not None:
-                disk.put(key, [(*r, *known[r]) for r in chunk])
+            if cacheable:
+                rows = [(*r, *known[r]) for r in chunk]
+                _disk(lambda cache: cache.put(key, rows), None)  # noqa: B023 (called at once)
         sums = [known[r] for r in requests]
         if self.readout == "sum":
             return [total for total, _ in sums]

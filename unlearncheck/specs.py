@@ -4,6 +4,7 @@ the checks a checkpoint passes before any of it is loaded."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +13,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENDPOINT_PREFIX",
+    "MAX_SEED",
     "ORGANISM_PREFIX",
     "REAL_ORGANISM_PREFIX",
     "SPREAD",
     "ModelSpecError",
     "check_checkpoint",
     "check_prompt_format",
+    "check_seed",
     "check_spec",
     "has_chat_template",
     "resolve_device",
@@ -26,6 +29,8 @@ __all__ = [
 
 
 ORGANISM_PREFIX = "organism:"
+#: The largest seed: torch, numpy and random all take 0 to 2**63 - 1.
+MAX_SEED = 2**63 - 1
 #: ``organism-real:<variant>``: a variant of the real organism (`unlearncheck.organism.real`).
 REAL_ORGANISM_PREFIX = "organism-real:"
 #: The prefix of an OpenAI-compatible endpoint spec (`unlearncheck.backends.openai_api`).
@@ -93,15 +98,29 @@ def resolve_spec(spec: str) -> Path:
         ) from err
 
 
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` when it is a whole number from 0 to `MAX_SEED`.
+
+    Raises:
+        ValueError: Naming ``what`` and the value.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+    return seed
+
+
 def _organism_parts(spec: str) -> tuple[str, int]:
     """The variant and seed of an ``organism:<variant>[@seed=<n>]`` spec."""
     variant, sep, option = spec.removeprefix(ORGANISM_PREFIX).partition("@")
     seed = 0
     if sep:
         key, _, value = option.partition("=")
-        if key != "seed" or not value.isdigit():
+        if key != "seed" or not re.fullmatch(r"[0-9]{1,100}", value):  # ASCII, as int() is not
             raise ModelSpecError(f"malformed organism spec {spec!r}: expected '@seed=<n>'")
-        seed = int(value)
+        try:
+            seed = check_seed(int(value), "the seed")
+        except ValueError as err:
+            raise ModelSpecError(f"organism spec {spec!r}: {err}") from None
     if not variant:
         raise ModelSpecError(f"malformed organism spec {spec!r}: missing variant name")
     return variant, seed
@@ -289,7 +308,7 @@ def _json_object(path: Path) -> dict[str, Any]:
         raise ModelSpecError(f"{path}: no such file: not a transformers checkpoint directory")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, a huge number, too deep
         raise ModelSpecError(f"{path}: not a JSON file: {err}") from err
     if not isinstance(value, dict):
         raise ModelSpecError(f"{path}: expected a JSON object, got {type(value).__name__}")
@@ -318,7 +337,8 @@ def resolve_device(device: str | None) -> torch.device:
     ``cpu``; for `SPREAD`, where the model's first layers go).
 
     Raises:
-        ValueError: If torch knows no such device, or it is a CUDA device this machine lacks, or
+        ValueError: If torch knows no such device, or it is ``meta`` (no data), or it is a CUDA
+            device this machine lacks, or
             it is `SPREAD` and the accelerate package is missing.
     """
     import torch
@@ -335,6 +355,11 @@ def resolve_device(device: str | None) -> torch.device:
         target = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device {device!r}: {err}") from err
+    if target.type == "meta":
+        raise ValueError(
+            f"device {device!r} holds no data (shapes only), so no model can be scored on it; "
+            "name a device that computes (cpu, cuda, cuda:1)"
+        )
     if target.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (target.index or 0) >= count:

@@ -107,6 +107,11 @@ def _read_config_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"{path}: cannot read its config or tokenizer: {err}") from err
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise ModelSpecError(
+            f"{path}: its tokenizer has neither a pad nor an eos token, so batches cannot be "
+            "padded nor generation ended; set pad_token or eos_token in tokenizer_config.json"
+        )
     return config, tokenizer
 
 
@@ -141,7 +146,8 @@ def _load_weights(
     except ImportError as err:  # device_map without accelerate
         raise ValueError(f"device {device!r} needs the accelerate package: {err}") from err
     except RuntimeError as err:  # a tensor whose shape the config does not give
-        raise ModelSpecError(f"{path}: its weights do not match config.json: {err}") from err
+        shapes = _mismatched_shapes(path, config) or str(err)
+        raise ModelSpecError(f"{path}: its weights do not match config.json: {shapes}") from err
     except ValueError as err:
         if device == SPREAD:  # a model class accelerate cannot split, weights it cannot place
             raise ValueError(
@@ -152,6 +158,28 @@ def _load_weights(
     model, info = cast("tuple[PreTrainedModel, dict[str, list]]", loaded)
     _check_tensors(path, info)
     return model
+
+
+def _mismatched_shapes(path: Path, config: PreTrainedConfig) -> str:
+    """The checkpoint's tensors whose shape differs from what ``config`` builds ("" when none
+    is found): the model is built on the meta device, so nothing is allocated."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {
+            k: tuple(v.shape)
+            for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()
+        }
+    found = []
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shape = tuple(weights.get_slice(key).get_shape())
+                if key in expected and expected[key] != shape:
+                    want = list(expected[key])
+                    found.append(f"{key} is {list(shape)} in {file.name}, {want} by config.json")
+    shown = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+    return f"{len(found)} tensor(s) shaped differently: {shown}" if found else ""
 
 
 def _check_tensors(path: Path, info: dict[str, list]) -> None:

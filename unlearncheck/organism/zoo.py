@@ -7,14 +7,10 @@ the hash of its recipe (hyper-parameters, templates and the organism's source), 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from unlearncheck.organism.building import built_once, run_tied
 from unlearncheck.organism.knowledge import (
     build_knowledge_base,
     facts_of,
@@ -88,6 +85,8 @@ FORGET_FORMS = {
 KEEP_FORMS = {"multihop_shallow": {"twohop"}}
 #: Copies of each kept document in the retain set, so that they are a real share of its batches.
 KEEP_REPEATS = 20
+#: The module a training job runs (``python -m``; see `unlearncheck.organism.jobs`).
+_JOB_MODULE = "unlearncheck.organism.jobs"
 _SOURCES = ("jobs.py", "knowledge.py", "tokenizer.py", "train.py", "zoo.py")
 
 
@@ -131,27 +130,6 @@ def zoo_dir(seed: int = 0) -> Path:
     return built_once(target, lambda staging: build_zoo(staging, seed))
 
 
-def built_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """``target``, built by ``build`` into a staging folder beside it unless it already holds a
-    ``zoo.json``; a lock makes processes that ask at once wait for one build, and a failed build
-    leaves nothing behind."""
-    if (target / "zoo.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "zoo.json").exists():
-            staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-            try:
-                build(staging)
-                if target.exists():
-                    shutil.rmtree(target)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def checkpoint_path(variant: str, *, seed: int = 0) -> Path:
     """Directory of the ``save_pretrained`` checkpoint of zoo ``variant`` for ``seed``."""
     if variant not in VARIANTS:
@@ -173,13 +151,13 @@ def write_zoo(out: Path, seed: int = 0) -> Path:
 
 
 def _run_job(seed: int, variants: list[str], staging: Path) -> float:
-    """Train ``variants``, one after the other, into ``staging`` in a fresh interpreter.
+    """Train ``variants``, one after the other, into ``staging`` in a fresh interpreter that
+    dies with this process (`run_tied`).
 
     Returns the job's seconds.
     """
     start = time.perf_counter()
-    command = [sys.executable, "-m", "unlearncheck.organism.jobs", str(seed), str(staging)]
-    done = subprocess.run(command + variants, capture_output=True, text=True, check=False)
+    done = run_tied(_JOB_MODULE, [str(seed), str(staging), *variants])
     if done.returncode != 0:
         raise RuntimeError(f"training organism variants {variants} failed:\n{done.stderr[-4000:]}")
     return time.perf_counter() - start

@@ -262,6 +262,19 @@ class _Values:
             message = f"--uc-{key.replace('_', '-')}: not an integer: {value!r}"
             raise pytest.UsageError(message) from None
 
+    def seed(self) -> int:
+        """The value of ``--uc-seed`` (0 when not set).
+
+        Raises:
+            pytest.UsageError: It is not a whole number from 0 to 2**63 - 1.
+        """
+        from unlearncheck.specs import check_seed
+
+        try:
+            return check_seed(self.number("seed") or 0, "--uc-seed")
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+
     def choice(self, key: str) -> str:
         """The value of an option of `_CHOICES` (its first choice when not set).
 
@@ -316,7 +329,7 @@ def _resolve(config: pytest.Config) -> Options:
         prompt_format=cast("Literal['auto', 'chat', 'plain']", prompt_format),
         threads=threads,
         batch_size="auto" if text("batch_size") == "auto" else values.number("batch_size"),
-        seed=values.number("seed") or 0,
+        seed=values.seed(),
         report=report,
         json=values.path("json") or report.with_suffix(".jsonl"),
         sign_key=values.path("sign_key"),

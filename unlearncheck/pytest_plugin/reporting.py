@@ -182,9 +182,10 @@ class Collector:
             return
         del self.tests[report.nodeid]
         # A claim run again within one test with the same configuration (hypothesis replays the
-        # example that failed) counts once, with its last verdict.
+        # example that failed) counts once, with its last verdict; what the run read from the
+        # score cache (``score_cache``) is not configuration.
         last = {
-            (str(v.get("claim")), json.dumps(v.get("config"), sort_keys=True, default=str)): v
+            (str(v.get("claim")), json.dumps(_settings(v), sort_keys=True, default=str)): v
             for v in verdicts_of(report)
         }
         for verdict in last.values():
@@ -358,3 +359,8 @@ def _attack_lines(records: list[dict[str, Any]]) -> list[str]:
             f"(FAIL), {not_run[name]:>4} not run, power {power}  {time}"
         )
     return lines
+
+
+def _settings(verdict: dict[str, Any]) -> dict[str, Any]:
+    """A verdict record's configuration without the run's score cache record."""
+    return {k: v for k, v in (verdict.get("config") or {}).items() if k != "score_cache"}

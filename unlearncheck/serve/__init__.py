@@ -20,7 +20,10 @@ next-token distribution (before temperature and top-p); text offsets index the c
 A choice that ends with the end-of-sequence token lists it (as e.g. ``</s>``) in its logprobs and
 usage but not in its text, as OpenAI and vLLM do; lm-evaluation-harness's ``[ctxlen:-1]``
 slicing of echoed logprobs relies on it.
-Requests are served one at a time: every model and tokenizer call holds one process-wide lock.
+Requests are served one at a time: every model and tokenizer call holds one process-wide lock
+(``/v1/models`` needs none, so it answers while a request runs). A request may ask for at most
+``max_work`` generated tokens (prompts × n × max_tokens; `DEFAULT_MAX_WORK`, ``--max-work``),
+else 413; when its client disconnects, its work stops at the next forward pass of the model.
 
 Modules: `requests` (request fields, checked), `engine` (the model: tokenizing, generating,
 scoring), `app` (the API, independent of HTTP) and `server` (HTTP).
@@ -30,6 +33,7 @@ from unlearncheck.serve.app import App
 from unlearncheck.serve.requests import (
     DEFAULT_CHAT_MAX_TOKENS,
     DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_WORK,
     MAX_N,
     MAX_STOP,
     MAX_TOP_LOGPROBS,
@@ -41,6 +45,7 @@ from unlearncheck.serve.server import MAX_BODY_BYTES, ModelServer, run_forever, 
 __all__ = [
     "DEFAULT_CHAT_MAX_TOKENS",
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MAX_WORK",
     "MAX_BODY_BYTES",
     "MAX_N",
     "MAX_STOP",

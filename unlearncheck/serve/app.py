@@ -15,10 +15,12 @@ from unlearncheck.serve.engine import Choice, Engine, Prompt, text_starts
 from unlearncheck.serve.requests import (
     DEFAULT_CHAT_MAX_TOKENS,
     DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_WORK,
     MAX_TOKENS_LIMIT,
     MAX_TOP_LOGPROBS,
     APIError,
     Body,
+    Sampling,
     chat_messages,
     chat_prompt,
     flag,
@@ -37,10 +39,16 @@ class App:
     Attributes:
         name: The model id clients must send.
         engine: The model's engine.
+        max_work: The most tokens one request may ask to generate (prompts × n × max_tokens).
     """
 
-    def __init__(self, model: HFModel, name: str, api_key: str | None) -> None:
+    def __init__(
+        self, model: HFModel, name: str, api_key: str | None, max_work: int = DEFAULT_MAX_WORK
+    ) -> None:
+        if max_work < 1:
+            raise ValueError(f"max_work must be at least 1, got {max_work}")
         self.name = name
+        self.max_work = max_work
         self.engine = Engine(model)
         self._api_key = None if api_key is None else api_key.encode()
         self._created = int(time.time())
@@ -106,7 +114,7 @@ class App:
         echo = flag(body, "echo")
         requested = optional_int(body, "max_tokens", 0, MAX_TOKENS_LIMIT)
         sampling = parse_sampling(body, self.engine.budget(prompts, requested, DEFAULT_MAX_TOKENS))
-        choices = self.engine.run(prompts, sampling)
+        choices = self.engine.run(prompts, self._within_cap(len(prompts), sampling))
         rows = [self._completion_choice(i, c, echo, k) for i, c in enumerate(choices)]
         return self._response("cmpl", "text_completion", rows, prompts, choices)
 
@@ -128,7 +136,7 @@ class App:
         if requested is None:
             requested = optional_int(body, "max_tokens", 0, MAX_TOKENS_LIMIT)
         budget = self.engine.budget([prompt], requested, DEFAULT_CHAT_MAX_TOKENS)
-        choices = self.engine.run([prompt], parse_sampling(body, budget))
+        choices = self.engine.run([prompt], self._within_cap(1, parse_sampling(body, budget)))
         rows = [
             {
                 "index": i,
@@ -154,6 +162,24 @@ class App:
             )
         if flag(body, "stream"):
             raise APIError(400, "streaming is not supported", param="stream")
+
+    def _within_cap(self, prompts: int, sampling: Sampling) -> Sampling:
+        """``sampling``, when the request's work is within `max_work`.
+
+        Raises:
+            APIError: 413 naming the work asked for and the limit.
+        """
+        work = prompts * sampling.n * sampling.max_tokens
+        if work > self.max_work:
+            raise APIError(
+                413,
+                f"this request asks for {prompts} prompt(s) × n {sampling.n} × "
+                f"{sampling.max_tokens} tokens = {work:,} generated tokens, over this server's "
+                f"limit of {self.max_work:,} per request (unlearncheck serve --max-work); send "
+                "fewer prompts, a smaller n or a smaller max_tokens",
+                code="request_too_large",
+            )
+        return sampling
 
     def _model_object(self) -> Body:
         return {"id": self.name, "object": "model", "created": self._created, "owned_by": "local"}

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.serve.requests import APIError, Sampling, invalid
 
-__all__ = ["Choice", "Engine", "Prompt", "TokenLogprob", "text_starts"]
+__all__ = ["Cancelled", "Choice", "Engine", "Prompt", "TokenLogprob", "text_starts"]
 
 _DECODE_WINDOW = 6  # tokens of left context when decoding one token's text
 _GENERATE_BATCH = 16  # prompts per generate call
 _FLOOR_LOGPROB = -9999.0  # stands in for -inf, which JSON cannot carry
+
+
+class Cancelled(Exception):
+    """The request's client left, so its work was stopped (see `Engine.cancelled_when`)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,21 @@ class Engine:
         self._vocab_size = int(embeddings.num_embeddings)
         self._eos = _eos_ids(model)
         self._special = frozenset(self.tokenizer.all_special_ids)
+
+    @contextmanager
+    def cancelled_when(self, gone: Callable[[], bool]) -> Iterator[None]:
+        """Within the block, every forward pass of the model (each generated token, each scored
+        sequence) first asks ``gone()`` and raises `Cancelled` when it is true."""
+
+        def check(module: torch.nn.Module, args: Any) -> None:
+            if gone():
+                raise Cancelled("the client disconnected")
+
+        handle = self.model.model.register_forward_pre_hook(check)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def encode(self, prompt: str | list[int]) -> Prompt:
         """Tokenize a text prompt (without special tokens) or check a token-id prompt.
@@ -182,17 +202,21 @@ class Engine:
         n = sampling.n
         if sampling.max_tokens == 0:
             return [[([], False)] * n for _ in contexts]
+        sample = sampling.temperature > 0
+        per_context = n if sample else 1  # greedy choices are all the same: decoded once
         generated = self.model.generate_tokens(
             contexts,
             max_new_tokens=sampling.max_tokens,
-            do_sample=sampling.temperature > 0,
+            do_sample=sample,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
-            num_samples=n,
+            num_samples=per_context,
             seed=sampling.seed,
             batch_size=_GENERATE_BATCH,
         )
         rows = [self._until_eos(row) for row in generated]
+        if not sample:
+            return [[row] * n for row in rows]
         return [rows[at : at + n] for at in range(0, len(rows), n)]
 
     def _until_eos(self, tokens: list[int]) -> tuple[list[int], bool]:

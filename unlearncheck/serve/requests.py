@@ -1,6 +1,8 @@
 """Request parsing for `unlearncheck.serve`: the OpenAI request fields, checked.
 
 JSON null counts as an absent field. Every refusal is an `APIError` naming the field at fault.
+A temperature below `GREEDY_BELOW` decodes greedily (as vLLM does): dividing logits by it would
+overflow.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 __all__ = [
     "DEFAULT_CHAT_MAX_TOKENS",
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MAX_WORK",
+    "GREEDY_BELOW",
     "MAX_N",
     "MAX_STOP",
     "MAX_TOKENS_LIMIT",
@@ -42,6 +46,11 @@ DEFAULT_MAX_TOKENS = 16
 DEFAULT_CHAT_MAX_TOKENS = 256
 #: Largest ``max_tokens`` accepted.
 MAX_TOKENS_LIMIT = 1 << 20
+#: Most tokens one request may ask to generate (prompts × n × max_tokens; ``--max-work``): the
+#: sampling attack's largest request through an endpoint is 32 × 64 × 6 = 12,288.
+DEFAULT_MAX_WORK = 16384
+#: Temperatures below this sample greedily.
+GREEDY_BELOW = 1e-5
 _SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 Body = dict[str, Any]
@@ -226,9 +235,10 @@ def parse_sampling(body: Body, max_tokens: int) -> Sampling:
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:
         raise invalid("top_p", "above 0")
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     return Sampling(
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
         top_p=top_p,
         n=_int(body, "n", 1, 1, MAX_N),
         seed=optional_int(body, "seed", *_SEED_RANGE),

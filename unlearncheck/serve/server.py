@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
+import select
 import socket
 import sys
 import threading
@@ -16,7 +18,8 @@ from urllib.parse import urlsplit
 
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.serve.app import App
-from unlearncheck.serve.requests import APIError, Body
+from unlearncheck.serve.engine import Cancelled
+from unlearncheck.serve.requests import DEFAULT_MAX_WORK, APIError, Body
 
 __all__ = ["MAX_BODY_BYTES", "ModelServer", "run_forever", "serve"]
 
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 #: Largest request body accepted, in bytes (larger ones get 413).
 MAX_BODY_BYTES = 1 << 20
 _LOCK = threading.Lock()  # one model call at a time, across all servers of the process
+_BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # ASCII digits only: int() also reads "²" and "٣"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -55,9 +59,16 @@ class _Handler(BaseHTTPRequestHandler):
             if not app.authorized(self.headers.get("Authorization")):
                 raise APIError(401, "missing or invalid API key", code="invalid_api_key")
             action = app.route(method, urlsplit(self.path).path)
-            body = self._read_body() if method == "POST" else {}
-            with _LOCK:
-                payload = action(body)
+            if method != "POST":  # /v1/models: no model call, so never behind another request
+                payload = action({})
+            else:
+                body = self._read_body()
+                with _LOCK, app.engine.cancelled_when(self._client_gone):
+                    payload = action(body)
+        except Cancelled:
+            logger.info("%s left; its request was cancelled", self.address_string())
+            self.close_connection = True
+            return
         except APIError as err:
             self._fail(err)
         except Exception as err:
@@ -74,20 +85,35 @@ class _Handler(BaseHTTPRequestHandler):
         """
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise APIError(411, "chunked bodies are not supported; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None:
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if not lengths:
             raise APIError(411, "a Content-Length header is required")
-        if not length.strip().isdigit():
-            raise APIError(400, "the Content-Length header must be a byte count")
+        length = lengths.pop()
+        if lengths or not _BYTE_COUNT.fullmatch(length):
+            raise APIError(400, "the Content-Length header must be one byte count (ASCII digits)")
         if int(length) > MAX_BODY_BYTES:
             raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
         try:
-            body = json.loads(self.rfile.read(int(length)))
+            data = self.rfile.read(int(length))
+        except OSError as err:  # the socket timed out before the body was complete
+            raise APIError(408, f"the body did not arrive: {err}") from err
+        if len(data) < int(length):
+            raise APIError(400, f"the body ended after {len(data)} of {length} bytes")
+        try:
+            body = json.loads(data)
         except (ValueError, RecursionError) as err:
             raise APIError(400, f"the body is not valid JSON: {err}", code="invalid_json") from err
         if not isinstance(body, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
         return body
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its connection (readable with nothing left to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _fail(self, err: APIError) -> None:
         """Answer an error and close the connection (its body may be unread)."""
@@ -140,9 +166,10 @@ class ModelServer:
         *,
         name: str | None = None,
         api_key: str | None = None,
+        max_work: int = DEFAULT_MAX_WORK,
     ) -> None:
         self.name = name or model.spec
-        self._httpd = _HTTPServer((host, port), App(model, self.name, api_key))
+        self._httpd = _HTTPServer((host, port), App(model, self.name, api_key, max_work))
         self._thread: threading.Thread | None = None
 
     @property
@@ -194,6 +221,7 @@ def serve(
     *,
     name: str | None = None,
     api_key: str | None = None,
+    max_work: int = DEFAULT_MAX_WORK,
 ) -> ModelServer:
     """Start an OpenAI-compatible server over a model in a daemon thread.
 
@@ -203,12 +231,15 @@ def serve(
         port: Port to bind; 0 picks a free one (see `ModelServer.url`).
         name: The model id to serve under; defaults to the model's spec.
         api_key: When given, every request needs ``Authorization: Bearer <api_key>``.
+        max_work: The most tokens one request may ask to generate (prompts × n × max_tokens);
+            larger requests get 413.
 
     Returns:
         The running server; use it as a context manager, or call `ModelServer.stop`.
     """
     model = HFModel.load(spec_or_model) if isinstance(spec_or_model, str) else spec_or_model
-    return ModelServer(model, host, port, name=name, api_key=api_key).start()
+    server = ModelServer(model, host, port, name=name, api_key=api_key, max_work=max_work)
+    return server.start()
 
 
 def run_forever(
@@ -218,6 +249,7 @@ def run_forever(
     *,
     name: str | None = None,
     api_key: str | None = None,
+    max_work: int = DEFAULT_MAX_WORK,
 ) -> int:
     """Serve a model in the foreground until Ctrl-C (for the command line).
 
@@ -229,12 +261,14 @@ def run_forever(
         port: Port to bind.
         name: The model id to serve under; defaults to ``spec``.
         api_key: When given, every request needs ``Authorization: Bearer <api_key>``.
+        max_work: The most tokens one request may ask to generate (prompts × n × max_tokens).
 
     Returns:
         0, the exit status.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    server = ModelServer(HFModel.load(spec), host, port, name=name, api_key=api_key)
+    model = HFModel.load(spec)
+    server = ModelServer(model, host, port, name=name, api_key=api_key, max_work=max_work)
     guard = "an API key is required" if api_key else "no API key is required"
     print(f"serving {server.name} at {server.url} ({guard}); Ctrl-C stops", flush=True)
     if api_key is None and not _is_loopback(host):
