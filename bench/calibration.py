@@ -22,12 +22,11 @@ from pathlib import Path
 
 from scipy import stats
 
-from unlearncheck import assert_forgotten, load_facts
+from unlearncheck import load_facts
 from unlearncheck.attacks import FULL_ATTACKS, INPUT_ATTACKS, Attack
-from unlearncheck.facts import FactSet
-from unlearncheck.loading import LoadedModel, load_model
+from unlearncheck.loading import load_model
 from unlearncheck.organism import zoo_dir
-from unlearncheck.validity import forget_facts
+from unlearncheck.validity import forget_facts, single_fact_failures
 
 ALPHA = 0.05
 
@@ -38,30 +37,6 @@ def clopper_pearson(failed: int, n: int, level: float = 0.95) -> tuple[float, fl
     low = float(stats.beta.ppf(tail, failed, n - failed + 1)) if failed else 0.0
     high = float(stats.beta.ppf(1 - tail, failed + 1, n - failed)) if failed < n else 1.0
     return low, high
-
-
-def false_fails(
-    model: LoadedModel,
-    original: LoadedModel,
-    facts: FactSet,
-    context: FactSet,
-    attacks: Sequence[Attack],
-) -> list[str]:
-    """Ids of the facts whose one-fact claim on ``model`` FAILED under ``attacks``."""
-    failed = []
-    for fact in facts:
-        verdict = assert_forgotten(
-            model,
-            fact,
-            attacks=list(attacks),
-            original=original,
-            context=context,
-            raise_on_fail=False,
-            on_inconclusive="return",
-        )
-        if verdict.status == "FAIL":
-            failed.append(fact.id)
-    return failed
 
 
 def row(label: str, failed: int, n: int) -> dict[str, object]:
@@ -95,7 +70,9 @@ def main() -> None:
         gold, original = load_model(str(zoo / "gold")), load_model(str(zoo / "original"))
         for name in names:
             start = time.perf_counter()
-            failed = false_fails(gold, original, facts, context, by_name[name])
+            failed = single_fact_failures(
+                gold, facts, by_name[name], original=original, context=context
+            )
             line = row(f"seed {seed} {name}", len(failed), len(facts))
             line.update(seed=seed, attack=name, failed_ids=failed)
             line["seconds"] = round(time.perf_counter() - start, 1)
@@ -118,7 +95,7 @@ def real_null() -> dict[str, int]:
     context = load_facts(zoo / "facts.jsonl")
     null = context.split("null")
     original = load_model(str(zoo / "original"))
-    failed = false_fails(original, original, null, context, INPUT_ATTACKS)
+    failed = single_fact_failures(original, null, INPUT_ATTACKS, original=original, context=context)
     row("real null (input)", len(failed), len(null))
     return {"failed": len(failed), "n": len(null)}
 

@@ -10,7 +10,13 @@ from unlearncheck import assert_forgotten, load_facts
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.facts import FactSet
 from unlearncheck.loading import load_model
-from unlearncheck.validity import Matrix, forget_facts, format_matrix, validity_matrix
+from unlearncheck.validity import (
+    Matrix,
+    forget_facts,
+    format_matrix,
+    single_fact_failures,
+    validity_matrix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +96,7 @@ def test_single_fact_claims_on_gold_fail_at_most_5_percent(zoo: Path, forget: Fa
     gold = load_model(str(zoo / "gold"))
     original = load_model(str(zoo / "original"))
     context = load_facts(zoo / "facts.jsonl")
-    failed = []
-    for fact in forget:
-        verdict = assert_forgotten(
-            gold,
-            fact,
-            attacks=INPUT_ATTACKS,
-            original=original,
-            context=context,
-            raise_on_fail=False,
-            on_inconclusive="return",
-        )
-        if verdict.status == "FAIL":
-            failed.append(fact.id)
+    failed = single_fact_failures(gold, forget, INPUT_ATTACKS, original=original, context=context)
     print(f"\ngold: {len(failed)} of {len(forget)} single-fact claims FAILED: {failed}")
     assert len(failed) <= 0.05 * len(forget)
 

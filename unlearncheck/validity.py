@@ -14,6 +14,7 @@ from pathlib import Path
 from unlearncheck.attacks.base import Attack
 from unlearncheck.claims import assert_forgotten
 from unlearncheck.facts import FactSet, load_facts
+from unlearncheck.loading import ModelLike
 
 __all__ = [
     "Cell",
@@ -21,6 +22,7 @@ __all__ = [
     "forget_facts",
     "format_matrix",
     "null_verdicts",
+    "single_fact_failures",
     "validity_matrix",
 ]
 
@@ -117,6 +119,33 @@ def null_verdicts(zoo: Path, attacks: Sequence[Attack]) -> dict[str, dict[str, i
             counts[fact.status] += 1
         out[name] = counts
     return out
+
+
+def single_fact_failures(
+    model: ModelLike,
+    facts: FactSet,
+    attacks: Sequence[Attack],
+    *,
+    original: ModelLike | None,
+    context: FactSet,
+) -> list[str]:
+    """Ids of the facts whose one-fact claim (``assert_forgotten(model, fact, ...)``, each
+    calibrated on peers from ``context``) FAILED under ``attacks``: on a model that knows none of
+    them, each is a false alarm, which the claim's alpha bounds."""
+    failed = []
+    for fact in facts:
+        verdict = assert_forgotten(
+            model,
+            fact,
+            attacks=list(attacks),
+            original=original,
+            context=context,
+            raise_on_fail=False,
+            on_inconclusive="return",
+        )
+        if verdict.status == "FAIL":
+            failed.append(fact.id)
+    return failed
 
 
 def format_matrix(matrix: Matrix) -> str:
