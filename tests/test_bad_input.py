@@ -876,6 +876,22 @@ COMMAND = [
         id="metrics: the JSON output is the run log",
     ),
     pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl", "--json={tmp}/bad.jsonl"],
+        (
+            "unlearncheck metrics: --json: {tmp}/bad.jsonl exists and was not written by "
+            "unlearncheck",
+        ),
+        id="metrics: the JSON output is a file unlearncheck did not write",
+    ),
+    pytest.param(
+        ["generate", "--original=organism:gold", "--facts={tmp}/ok.jsonl", "--out={tmp}/bad.jsonl"],
+        (
+            "unlearncheck generate: --out: {tmp}/bad.jsonl exists and was not written by "
+            "unlearncheck",
+        ),
+        id="generate: the output is a file unlearncheck did not write",
+    ),
+    pytest.param(
         ["generate", "--original=organism:gold", "--facts={tmp}/ok.jsonl", "--out={tmp}/ok.jsonl"],
         ("unlearncheck generate: --out: {tmp}/ok.jsonl is the facts file (--facts)",),
         id="generate: the output is the facts file",

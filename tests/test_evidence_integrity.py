@@ -196,6 +196,27 @@ def test_report_replaces_only_an_earlier_report(
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_metrics_and_generate_outputs_are_replaced_only_when_unlearncheck_wrote_them(
+    tmp_path: Path,
+) -> None:
+    """`unlearncheck metrics --json` and `generate --out` replace a file of their own kind only:
+    scorecards as `write_scorecards` writes them, facts every one of which was elicited."""
+    from unlearncheck.facts import Fact, FactSet
+    from unlearncheck.generator.export import is_generated_facts_file
+    from unlearncheck.scorecard import Scorecard, is_scorecards_file, write_scorecards
+
+    cards = tmp_path / "metrics.json"
+    write_scorecards([Scorecard("m", "r", 1.0, 0.5, 0.1, 0.0, 0.0, 0.2, 0.9)], cards)
+    elicited = tmp_path / "elicited.jsonl"
+    FactSet([Fact("a/r", "A", "r", "B", metadata={"elicited_from": "m"})]).to_jsonl(elicited)
+    mine = tmp_path / "mine.jsonl"
+    FactSet([Fact("a/r", "A", "r", "B")]).to_jsonl(mine)
+    (tmp_path / "other.json").write_text('{"model": "m"}')
+    assert is_scorecards_file(cards) and is_generated_facts_file(elicited)
+    assert not is_scorecards_file(tmp_path / "other.json") and not is_scorecards_file(elicited)
+    assert not is_generated_facts_file(mine) and not is_generated_facts_file(cards)
+
+
 def test_a_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
     (tmp_path / "run.html").mkdir()
     with pytest.raises(OSError):

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from unlearncheck.facts import FactFormatError
-from unlearncheck.outputs import OutputPathError, check_output_file
+from unlearncheck.outputs import OutputPathError, check_output_file, check_replaceable
 from unlearncheck.probes import TemplateError
 from unlearncheck.report.commands import add_report, add_verify
 from unlearncheck.specs import (
@@ -140,17 +140,25 @@ def _validity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path]) -> None:
-    """Refuse an output (option → path) that is an input, another output or not a regular file.
+def _check_outputs(
+    outputs: dict[str, tuple[Path | None, Callable[[Path], bool] | None]],
+    inputs: dict[str, Path],
+) -> None:
+    """Refuse an output (option → (path, what recognizes a file of its kind that unlearncheck
+    wrote; None for a file appended to)) that is an input, another output, not a regular file or,
+    when it would be replaced, a file unlearncheck did not write.
 
     Raises:
         OutputPathError: Naming the option and the path.
     """
-    given = {option: path for option, path in outputs.items() if path is not None}
-    for option, path in given.items():
-        others = {f"the output of {o}": p for o, p in given.items() if o != option}
+    given = {option: (path, ours) for option, (path, ours) in outputs.items() if path is not None}
+    for option, (path, ours) in given.items():
+        others = {f"the output of {o}": p for o, (p, _) in given.items() if o != option}
         try:
-            check_output_file(path, {**inputs, **others})
+            if ours is None:
+                check_output_file(path, {**inputs, **others})
+            else:
+                check_replaceable(path, {**inputs, **others}, ours)
         except OutputPathError as error:
             raise OutputPathError(f"{option}: {error}") from None
 
@@ -159,7 +167,12 @@ def _metrics(args: argparse.Namespace) -> int:
     from unlearncheck.backends.capabilities import capabilities_of
     from unlearncheck.facts import load_facts
     from unlearncheck.organism import zoo_dir
-    from unlearncheck.scorecard import format_scorecards, scorecards, write_scorecards
+    from unlearncheck.scorecard import (
+        format_scorecards,
+        is_scorecards_file,
+        scorecards,
+        write_scorecards,
+    )
 
     specs = [*args.models, args.reference]
     facts_path = args.facts
@@ -172,7 +185,8 @@ def _metrics(args: argparse.Namespace) -> int:
             return 2
         facts_path = zoo_dir(0) / "facts.jsonl"
     _check_outputs(
-        {"--json": args.json, "--runlog": args.runlog}, {"the facts file (--facts)": facts_path}
+        {"--json": (args.json, is_scorecards_file), "--runlog": (args.runlog, None)},
+        {"the facts file (--facts)": facts_path},
     )
     start = time.perf_counter()
     facts = load_facts(facts_path)
@@ -214,6 +228,7 @@ def _generate(args: argparse.Namespace) -> int:
         default_cache_path,
         generate_facts,
     )
+    from unlearncheck.generator.export import is_generated_facts_file
     from unlearncheck.specs import resolve_spec
 
     _check(args.original, args)
@@ -226,7 +241,9 @@ def _generate(args: argparse.Namespace) -> int:
             )
             return 2
         facts_path = resolve_spec(args.original).parent / "facts.jsonl"
-    _check_outputs({"--out": args.out}, {"the facts file (--facts)": facts_path})
+    _check_outputs(
+        {"--out": (args.out, is_generated_facts_file)}, {"the facts file (--facts)": facts_path}
+    )
     known = load_facts(facts_path)
     subjects = args.subjects or sorted({f.subject for f in known if f.split == args.split})
     unknown = [s for s in subjects if not known.about(s)]

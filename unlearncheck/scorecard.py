@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ __all__ = [
     "FADE_SAMPLES",
     "Scorecard",
     "format_scorecards",
+    "is_scorecards_file",
     "scorecards",
     "write_scorecards",
 ]
@@ -182,6 +183,17 @@ def format_scorecards(cards: Sequence[Scorecard]) -> str:
         cells = "".join(fmt.format(getattr(card, key)).rjust(17) for _, key, fmt in columns)
         lines.append(card.model.ljust(width) + cells)
     return "\n".join(lines)
+
+
+def is_scorecards_file(path: Path) -> bool:
+    """Whether ``path`` holds scorecards as `write_scorecards` writes them (a JSON list of
+    scorecard records): the only file ``unlearncheck metrics --json`` replaces."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    names = {f.name for f in fields(Scorecard)}
+    return isinstance(data, list) and all(isinstance(r, dict) and set(r) == names for r in data)
 
 
 def write_scorecards(cards: Sequence[Scorecard], path: Path) -> None:

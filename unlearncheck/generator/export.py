@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from unlearncheck.attacks.context import ProbeContext
 from unlearncheck.backends.capabilities import GeneratingModel
-from unlearncheck.facts import Fact, FactSet
+from unlearncheck.facts import Fact, FactFormatError, FactSet, load_facts
 from unlearncheck.generator.attacks import ProbeGenerator, elicited_distractors
 from unlearncheck.generator.elicit import Chain, ElicitedGraph, Schema, Triple
 from unlearncheck.probes import Templates
 
-__all__ = ["Generated", "generate_facts"]
+__all__ = ["Generated", "generate_facts", "is_generated_facts_file"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,13 @@ def _chain_fact(
             "answered_by_original": answered,
         },
     )
+
+
+def is_generated_facts_file(path: Path) -> bool:
+    """Whether ``path`` is a facts file `unlearncheck generate` wrote (every record elicited,
+    ``metadata.elicited_from``): the only file ``unlearncheck generate --out`` replaces."""
+    try:
+        facts = load_facts(path)
+    except (OSError, FactFormatError):
+        return False
+    return all("elicited_from" in fact.metadata for fact in facts)
