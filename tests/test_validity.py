@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearncheck import assert_forgotten, load_facts
+from unlearncheck import load_facts
 from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.facts import FactSet
 from unlearncheck.loading import load_model
@@ -104,13 +104,6 @@ def test_single_fact_claims_on_gold_fail_at_most_5_percent(zoo: Path, forget: Fa
 def test_single_fact_claims_on_the_original_fail(zoo: Path, forget: FactSet) -> None:
     original = load_model(str(zoo / "original"))
     context = load_facts(zoo / "facts.jsonl")
-    for fact in forget[::8]:
-        verdict = assert_forgotten(
-            original,
-            fact,
-            attacks=INPUT_ATTACKS,
-            context=context,
-            raise_on_fail=False,
-            on_inconclusive="return",
-        )
-        assert verdict.status == "FAIL", fact.id
+    claimed = forget[::8]
+    failed = single_fact_failures(original, claimed, INPUT_ATTACKS, original=None, context=context)
+    assert failed == [fact.id for fact in claimed]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from unlearncheck.attacks.base import Attack
 from unlearncheck.claims import assert_forgotten
-from unlearncheck.facts import FactSet, load_facts
+from unlearncheck.facts import Fact, FactSet, load_facts
 from unlearncheck.loading import ModelLike
+from unlearncheck.verdict import Verdict
 
 __all__ = [
     "Cell",
@@ -77,15 +78,8 @@ def validity_matrix(
     for variant in variants:
         row: dict[str, Cell] = {}
         for attack in attacks:
-            verdict = assert_forgotten(
-                str(zoo / variant),
-                facts,
-                attacks=[attack],
-                original=str(zoo / "original"),
-                reference=reference,
-                context=context,
-                raise_on_fail=False,
-                on_inconclusive="return",
+            verdict = _verdict(
+                str(zoo / variant), facts, [attack], str(zoo / "original"), context, reference
             )
             outcomes = [f.outcome(attack.name) for f in verdict.facts]
             applicable = [o for o in outcomes if o.outcome != "not run" or o.p_value is not None]
@@ -105,15 +99,7 @@ def null_verdicts(zoo: Path, attacks: Sequence[Attack]) -> dict[str, dict[str, i
     model = str(zoo / "original")
     out: dict[str, dict[str, int]] = {}
     for name, original in (("without original", None), ("with original", model)):
-        verdict = assert_forgotten(
-            model,
-            null,
-            attacks=list(attacks),
-            original=original,
-            context=context,
-            raise_on_fail=False,
-            on_inconclusive="return",
-        )
+        verdict = _verdict(model, null, attacks, original, context)
         counts = {"PASS": 0, "FAIL": 0, "INCONCLUSIVE": 0}
         for fact in verdict.facts:
             counts[fact.status] += 1
@@ -132,20 +118,29 @@ def single_fact_failures(
     """Ids of the facts whose one-fact claim (``assert_forgotten(model, fact, ...)``, each
     calibrated on peers from ``context``) FAILED under ``attacks``: on a model that knows none of
     them, each is a false alarm, which the claim's alpha bounds."""
-    failed = []
-    for fact in facts:
-        verdict = assert_forgotten(
-            model,
-            fact,
-            attacks=list(attacks),
-            original=original,
-            context=context,
-            raise_on_fail=False,
-            on_inconclusive="return",
-        )
-        if verdict.status == "FAIL":
-            failed.append(fact.id)
-    return failed
+    verdicts = (_verdict(model, fact, attacks, original, context) for fact in facts)
+    return [fact.id for fact, v in zip(facts, verdicts, strict=True) if v.status == "FAIL"]
+
+
+def _verdict(
+    model: ModelLike,
+    facts: Fact | FactSet,
+    attacks: Sequence[Attack],
+    original: ModelLike | None,
+    context: FactSet,
+    reference: ModelLike | None = None,
+) -> Verdict:
+    """The verdict of one forgetting claim, returned whatever it is (never raised)."""
+    return assert_forgotten(
+        model,
+        facts,
+        attacks=list(attacks),
+        original=original,
+        reference=reference,
+        context=context,
+        raise_on_fail=False,
+        on_inconclusive="return",
+    )
 
 
 def format_matrix(matrix: Matrix) -> str:
