@@ -9,6 +9,7 @@ how many were re-checked.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from test_score_cache import CountingModel, _requests
 
 from unlearncheck import assert_forgotten, cache_check, scoring
-from unlearncheck.attacks import direct
+from unlearncheck.attacks import Attack, direct, sampling
 from unlearncheck.backends.hf import HFModel
 from unlearncheck.cache_check import ScoreCacheWarning
 from unlearncheck.facts import FactSet
@@ -40,9 +41,16 @@ def _tamper(path: Path) -> int:
         return db.execute("UPDATE loglikelihoods SET logprob = -2.0 * n_tokens").rowcount
 
 
-def _claim(model: Path, facts: FactSet, **options: object):  # type: ignore[no-untyped-def]
+def _claim(  # type: ignore[no-untyped-def]
+    model: Path, facts: FactSet, attacks: list[Attack] | None = None, **options: object
+):
     return assert_forgotten(
-        str(model), facts, [direct], raise_on_fail=False, on_inconclusive="return", **options
+        str(model),
+        facts,
+        attacks or [direct],
+        raise_on_fail=False,
+        on_inconclusive="return",
+        **options,
     )
 
 
@@ -77,7 +85,13 @@ def test_an_honest_cache_gives_the_same_verdicts_and_says_what_it_checked(
 ) -> None:
     fails = _claim(trained, homes)
     passes = _claim(tiny_checkpoint, homes, original=str(trained))
-    assert fails.config["score_cache"] == {"from_cache": 0, "rechecked": 0, "discarded": None}
+    assert fails.config["score_cache"] == {
+        "from_cache": 0,
+        "rechecked": 0,
+        "generations_from_cache": 0,
+        "generations_rechecked": 0,
+        "discarded": None,
+    }
     scoring.forget_scores()
     passes_again = _claim(tiny_checkpoint, homes, original=str(trained))
     fails_again = _claim(trained, homes)
@@ -88,6 +102,46 @@ def test_an_honest_cache_gives_the_same_verdicts_and_says_what_it_checked(
     assert used["from_cache"] > 100 and used["rechecked"] <= cache_check.SPOT_CHECKS
     checked = passes_again.config["score_cache"]  # a PASS: every cached score it used
     assert checked["rechecked"] == checked["from_cache"] > 100
+
+
+def _silence(path: Path) -> int:
+    """Replace every cached generation by empty continuations (a model that says nothing)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT model, call, continuations FROM generations").fetchall()
+        for model, call, texts in rows:
+            empty = json.dumps([["" for _ in row] for row in json.loads(texts)])
+            db.execute(
+                "UPDATE generations SET continuations = ? WHERE model = ? AND call = ?",
+                (empty, model, call),
+            )
+    return len(rows)
+
+
+def test_a_pass_rests_on_no_unchecked_cached_generation(
+    trained: Path, homes: FactSet, disk_cache: Path
+) -> None:
+    """Samples edited to never say the answer are made again before the claim can PASS."""
+    honest = _claim(trained, homes, attacks=[sampling])
+    assert "FAIL" in {f.status for f in honest.facts}
+    assert _silence(disk_cache) > 0
+    scoring.forget_scores()
+    with pytest.warns(ScoreCacheWarning, match="cached generation .* differs"):
+        again = _claim(trained, homes, attacks=[sampling])
+    assert [f.status for f in again.facts] == [f.status for f in honest.facts]
+    assert "cached generation" in again.config["score_cache"]["discarded"]
+
+
+def test_an_honest_cached_generation_is_made_again_once_before_a_pass(
+    tiny_checkpoint: Path, trained: Path, homes: FactSet, disk_cache: Path
+) -> None:
+    first = _claim(tiny_checkpoint, homes, attacks=[sampling], original=str(trained))
+    assert "PASS" in {f.status for f in first.facts}
+    scoring.forget_scores()
+    again = _claim(tiny_checkpoint, homes, attacks=[sampling], original=str(trained))
+    assert again.to_dict()["facts"] == first.to_dict()["facts"]
+    used = again.config["score_cache"]
+    assert used["generations_rechecked"] == used["generations_from_cache"] > 0
+    assert used["discarded"] is None
 
 
 def test_a_discard_drops_the_cached_scores_already_in_memory(

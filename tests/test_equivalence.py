@@ -243,6 +243,7 @@ def test_gold_passes_against_gold_logged_published_and_rendered(zoo: Path, tmp_p
     assert [r["kind"] for r in records] == ["run", "model", "model", "model", "verdict"]
     logged = records[-1]
     assert logged["status"] == "PASS" and logged["config"]["kind"] == "equivalent"
+    assert logged["config"]["score_cache"]["from_cache"] == 0  # FADE reads no cached score
     assert logged["equivalence"]["original"]["fade"] == pytest.approx(
         verdict.original_result.fade, abs=1e-6
     )

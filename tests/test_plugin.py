@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from unlearncheck.integrity import sha256_file
+from unlearncheck.organism import zoo_dir
 from unlearncheck.pytest_plugin import worker_gpu
 from unlearncheck.runlog import read_runlog
 
@@ -195,6 +197,9 @@ def test_quant_fragile_fails_and_xdist_gives_the_same_verdicts(
     parallel.stdout.fnmatch_lines(["claims: 0 passed, 2 failed*"])
     records = list(read_runlog(log))
     assert [r["kind"] for r in records].count("run") == 1  # one log, by the controller
+    facts = zoo_dir(0) / "facts.jsonl"  # the workers loaded it; the controller records its hash
+    header = next(r for r in records if r["kind"] == "run")
+    assert header["facts"] == {"path": str(facts.resolve()), "sha256": sha256_file(facts)}
     cases = [r for r in records if r["kind"] == "case"]  # every probe, from both workers
     assert {c["fact_id"] for c in cases} == {f for v in _verdicts(log) for f in _fact_ids(v)}
     assert len(cases) >= 2 * 12 and not list(log.parent.glob(".*.cases"))

@@ -6,13 +6,16 @@ a score read from it is a claim about the model, not a fact. Two checks hold it 
 * **Spot checks.** Each time scores are read from the disk cache, a seeded sample of them
   (`SPOT_CHECKS` a read) is scored afresh.
 * **Decisive checks.** Before a claim with a PASS ends, every score it read from the disk cache
-  that no check has confirmed yet is scored afresh (`CacheChecker.confirm`): a PASS never rests
-  on an unchecked cached score. (A tampered cache can also make a claim FAIL or INCONCLUSIVE
-  wrongly; the spot checks are what catch that.)
+  that no check has confirmed yet is scored afresh, and every generation call it read from the
+  disk cache (greedy, or sampled with a seed) is made again (`CacheChecker.confirm`): a PASS
+  never rests on an unchecked cached score or generation. (A tampered cache can also make a
+  claim FAIL or INCONCLUSIVE wrongly; the spot checks are what catch that for scores.)
 
 A cached score agrees with a fresh one when both have the same token count and their total
 log-probabilities differ by at most `ATOL` + `RTOL` × |fresh| (batching and padding move a
-score by far less on CPU). One disagreement discards the whole cache (`unlearncheck.scoring`):
+score by far less on CPU); a cached generation agrees when the call made again gives the same
+texts (a seeded call is reproducible). One disagreement discards the whole cache
+(`unlearncheck.scoring`):
 a warning names the file and the score, and the claim is decided again on fresh scores.
 Scores that agree keep their cached value, so an honest cache gives the verdicts it gave before.
 """
@@ -33,6 +36,8 @@ __all__ = [
     "SPOT_CHECKS",
     "CacheChecker",
     "CacheLedger",
+    "CachedGeneration",
+    "GenerationMismatch",
     "Mismatch",
     "ScoreCacheWarning",
     "agrees",
@@ -89,6 +94,55 @@ class Mismatch:
         )
 
 
+@dataclass(frozen=True)
+class GenerationMismatch:
+    """A cached generation call of a model that, made again, gives other texts.
+
+    Attributes:
+        spec: The model's spec.
+        prompt: The first prompt whose continuations differ.
+        cached: Its cached continuations.
+        fresh: Its continuations made again.
+    """
+
+    spec: str
+    prompt: str
+    cached: list[str]
+    fresh: list[str]
+
+    def describe(self) -> str:
+        """One sentence for the warning."""
+        return (
+            f"a cached generation of {self.spec} differs from the model's (after "
+            f"{self.prompt[-60:]!r}: cached {self.cached[:2]!r}, model {self.fresh[:2]!r})"
+        )
+
+
+@dataclass(frozen=True)
+class CachedGeneration:
+    """A generation call read from the disk cache, and how to make it again.
+
+    Attributes:
+        spec: The model's spec.
+        prompts: The call's prompts.
+        continuations: The cached continuations, per prompt.
+        again: Makes the call on the model.
+    """
+
+    spec: str
+    prompts: tuple[str, ...]
+    continuations: list[list[str]]
+    again: Callable[[], list[list[str]]]
+
+    def check(self) -> GenerationMismatch | None:
+        """Make the call again; the first prompt whose continuations differ, if any."""
+        fresh = self.again()
+        for prompt, cached, made in zip(self.prompts, self.continuations, fresh, strict=True):
+            if cached != made:
+                return GenerationMismatch(self.spec, prompt, cached, made)
+        return None
+
+
 @dataclass
 class CacheLedger:
     """What one claim read from the disk cache, and how much of it was re-scored.
@@ -97,11 +151,15 @@ class CacheLedger:
         rechecked: Cached scores re-scored while the claim ran (spot and decisive checks).
         discarded: Why the cache was discarded during the claim, or None.
         used: Model key → (model, the cached requests the claim used).
+        generations: Call key → the cached generation calls the claim used.
+        generations_rechecked: Cached generation calls made again while the claim ran.
     """
 
     rechecked: int = 0
     discarded: str | None = None
     used: dict[str, tuple[ScoringModel, set[Request]]] = field(default_factory=dict)
+    generations: dict[str, CachedGeneration] = field(default_factory=dict)
+    generations_rechecked: int = 0
 
     @property
     def from_cache(self) -> int:
@@ -113,6 +171,8 @@ class CacheLedger:
         return {
             "from_cache": self.from_cache,
             "rechecked": self.rechecked,
+            "generations_from_cache": len(self.generations),
+            "generations_rechecked": self.generations_rechecked,
             "discarded": self.discarded,
         }
 
@@ -123,6 +183,8 @@ class CacheChecker:
     def __init__(self) -> None:
         self._from_disk: dict[str, set[Request]] = {}
         self._unchecked: dict[str, set[Request]] = {}
+        #: Generation calls read from the disk cache and confirmed by making them again.
+        self._confirmed_calls: set[str] = set()
         self.ledger: CacheLedger | None = None
 
     def from_disk(self) -> Mapping[str, set[Request]]:
@@ -133,6 +195,7 @@ class CacheChecker:
         """Forget every provenance (the scores in memory that came from disk were dropped)."""
         self._from_disk.clear()
         self._unchecked.clear()
+        self._confirmed_calls.clear()
 
     def loaded(self, key: str, requests: Iterable[Request]) -> None:
         """Note scores of model ``key`` just read from the disk cache."""
@@ -148,6 +211,12 @@ class CacheChecker:
         if cached:
             self.ledger.used.setdefault(key, (model, set()))[1].update(cached)
 
+    def generation_used(self, call: str, generation: CachedGeneration) -> None:
+        """Note, in the open claim's ledger, a generation ``call`` (its key) read from the disk
+        cache, unless an earlier check confirmed it."""
+        if self.ledger is not None and call not in self._confirmed_calls:
+            self.ledger.generations[call] = generation
+
     def spot_check(
         self, model: ScoringModel, key: str, hits: Mapping[Request, Score], batch_size: int
     ) -> Mismatch | None:
@@ -159,9 +228,10 @@ class CacheChecker:
 
     def confirm(
         self, lookup: Callable[[str], Mapping[Request, Score]], batch_size: int
-    ) -> Mismatch | None:
+    ) -> Mismatch | GenerationMismatch | None:
         """Re-score every unchecked cached score the open claim used (``lookup(key)`` gives a
-        model's scores in memory); the first disagreement, if any."""
+        model's scores in memory) and make its unchecked cached generation calls again; the
+        first disagreement, if any."""
         assert self.ledger is not None, "confirm runs inside a claim's ledger"
         for key, (model, used) in self.ledger.used.items():
             todo = used & self._unchecked.get(key, set())
@@ -170,6 +240,14 @@ class CacheChecker:
                 mismatch = self._check(model, key, {r: scores[r] for r in todo}, batch_size)
                 if mismatch is not None:
                     return mismatch
+        for call, generation in self.ledger.generations.items():
+            if call in self._confirmed_calls:
+                continue
+            self.ledger.generations_rechecked += 1
+            different = generation.check()
+            if different is not None:
+                return different
+            self._confirmed_calls.add(call)
         return None
 
     def _check(

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from unlearncheck.attacks.base import ClaimModels
 from unlearncheck.backends.capabilities import capabilities_of
+from unlearncheck.cache_check import CacheLedger
 from unlearncheck.facts import Fact
 from unlearncheck.loading import ModelLike
 from unlearncheck.metrics.fade import (
@@ -205,6 +206,8 @@ def assert_equivalent(
         "length_normalized": length_normalized,
         "tolerance": tolerance,
         "seed": seed,
+        # FADE samples and scores every model afresh: nothing is read from the score cache.
+        "score_cache": CacheLedger().summary(),
     }
     verdict = EquivalenceVerdict(
         claim or f"equivalent: {len(prompts)} prompts",

@@ -24,7 +24,14 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from unlearncheck.backends.capabilities import GeneratingModel, ScoringModel
-from unlearncheck.cache_check import CacheChecker, CacheLedger, Mismatch, ScoreCacheWarning
+from unlearncheck.cache_check import (
+    CacheChecker,
+    CachedGeneration,
+    CacheLedger,
+    GenerationMismatch,
+    Mismatch,
+    ScoreCacheWarning,
+)
 from unlearncheck.lengths import too_long
 from unlearncheck.probes import Probe
 from unlearncheck.score_cache import ScoreCache, ScoreCacheError
@@ -129,7 +136,7 @@ def _disk(action: Callable[[ScoreCache], _T], default: _T) -> _T:
         return default
 
 
-def _discard(mismatch: Mismatch) -> None:
+def _discard(mismatch: Mismatch | GenerationMismatch) -> None:
     """Empty the disk cache whose scores disagree with the model, and drop every score read
     from it from memory, with a warning."""
     where = _score_cache.path if _score_cache is not None else "the score cache"
@@ -221,6 +228,10 @@ def generate(
     if cached is None:
         cached = run()
         _disk(lambda cache: cache.put_generation(key, digest, cached), None)
+    else:
+        _CHECK.generation_used(
+            f"{key}|{digest}", CachedGeneration(model.spec, tuple(prompts), cached, run)
+        )
     return cached
 
 

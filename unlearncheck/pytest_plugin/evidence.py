@@ -1,24 +1,37 @@
 """Verdicts as test evidence: while a test runs, the verdicts of its claims (heard on
 `unlearncheck.events`) go onto its report's ``user_properties`` (so JUnit XML gets them as
-properties and pytest-xdist carries them to the controller) and pytest-html's extras."""
+properties and pytest-xdist carries them to the controller) and pytest-html's extras. The facts
+file the process loaded for the claims (`suite_facts`) goes with them (`FACTS_PROPERTY`), so the
+controller of an xdist run records its hash without loading the facts itself."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from unlearncheck import events
+from unlearncheck.pytest_plugin.options import FACTS_FILE
 
 if TYPE_CHECKING:
     from unlearncheck.verdict import Verdict
 
-__all__ = ["PROPERTY", "pytest_runtest_makereport", "pytest_runtest_protocol", "verdicts_of"]
+__all__ = [
+    "FACTS_PROPERTY",
+    "PROPERTY",
+    "facts_file_of",
+    "pytest_runtest_makereport",
+    "pytest_runtest_protocol",
+    "verdicts_of",
+]
 
 #: The ``user_properties`` name under which a verdict (JSON of `Verdict.to_dict`) is attached.
 PROPERTY = "unlearncheck_verdict"
+#: The ``user_properties`` name of the facts file the claims' process loaded (`suite_facts`).
+FACTS_PROPERTY = "unlearncheck_facts_file"
 
 _PENDING = pytest.StashKey[list[str]]()
 
@@ -57,6 +70,9 @@ def pytest_runtest_makereport(
             report.user_properties.append((PROPERTY, verdict))
         _html_extras(report, pending)
         pending.clear()
+    facts = item.config.stash.get(FACTS_FILE, None)
+    if call.when == "teardown" and facts is not None and verdicts_of(report):
+        report.user_properties.append((FACTS_PROPERTY, str(facts)))
     return report
 
 
@@ -70,6 +86,12 @@ def _html_extras(report: pytest.TestReport, verdicts: list[str]) -> None:
     for verdict in verdicts:
         extras.append(pytest_html.extras.json(json.loads(verdict), name="unlearncheck verdict"))
     report.extras = extras  # type: ignore[attr-defined]
+
+
+def facts_file_of(report: pytest.TestReport) -> Path | None:
+    """The facts file the process that ran the test loaded for its claims, if it did."""
+    files = [Path(str(value)) for name, value in report.user_properties if name == FACTS_PROPERTY]
+    return files[-1] if files else None
 
 
 def verdicts_of(report: pytest.TestReport) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from unlearncheck.outputs import (
     same_file,
     session_file,
 )
-from unlearncheck.pytest_plugin.evidence import verdicts_of
+from unlearncheck.pytest_plugin.evidence import facts_file_of, verdicts_of
 from unlearncheck.pytest_plugin.options import FACTS_FILE, get_options
 from unlearncheck.untrusted import shown
 
@@ -104,9 +104,8 @@ def _run_header(config: pytest.Config) -> dict[str, Any]:
     """What the run log's header records beyond `unlearncheck.runlog.RunLog`'s own: the
     session, the facts file and its SHA-256, and the device the models load on.
 
-    The facts file is known when ``--uc-facts`` names it or this process loaded the suite's
-    facts (`suite_facts`; under xdist the workers load the zoo's, and the controller builds no
-    zoo to find them: pass ``--uc-facts`` to record them there)."""
+    The facts file is the one ``--uc-facts`` names, or the one the claims' process loaded
+    (`suite_facts`; under xdist a worker's, carried on its test reports)."""
     from unlearncheck.integrity import sha256_file
     from unlearncheck.specs import resolve_device
 
@@ -181,6 +180,9 @@ class Collector:
         if report.when != "teardown":
             return
         del self.tests[report.nodeid]
+        facts = facts_file_of(report)
+        if facts is not None and self.config.stash.get(FACTS_FILE, None) is None:
+            self.config.stash[FACTS_FILE] = facts  # a worker's: recorded in the run log's header
         # A claim run again within one test with the same configuration (hypothesis replays the
         # example that failed) counts once, with its last verdict; what the run read from the
         # score cache (``score_cache``) is not configuration.
