@@ -106,7 +106,12 @@ def _forgotten(
 ) -> _Decision:
     """`assert_forgotten`'s claim, decided."""
     claim = Claim.prepare(
-        "forgotten", facts, (model, reference, original), settings, calibrate=True
+        "forgotten",
+        facts,
+        (model, reference, original),
+        settings,
+        calibrate=True,
+        attacks=len(attacks),
     )
     results: dict[str, AttackResult] = {a.name: claim.run(a) for a in attacks}
     power = {a.name: claim.power(a) for a in attacks}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -270,9 +271,14 @@ class Claim:
         settings: Settings,
         *,
         calibrate: bool,
+        attacks: int = 0,
     ) -> Claim:
         """Check the facts, build the probe context (with calibration peers when
         ``calibrate``), load the models (model, reference, original) and open the run log.
+
+        Without an original, the claim's ``attacks`` tests per fact are corrected together
+        (`_benjamini_hochberg`): the context then draws controls enough for the least p-value of
+        one test to reach alpha / (facts × attacks), where it has subjects enough to draw from.
 
         Raises:
             ValueError: No facts.
@@ -289,7 +295,14 @@ class Claim:
         _check_askable(claim_facts, library)  # before any model loads
         loaded = load_models(*models, settings.device)
         templates = library.for_format(prompt_format(loaded))
-        ctx = ProbeContext(known, FactSet([*claim_facts, *peers]), templates, settings.seed)
+        tests = len(claim_facts) * attacks if models[2] is None else 0
+        ctx = ProbeContext(
+            known,
+            FactSet([*claim_facts, *peers]),
+            templates,
+            settings.seed,
+            min_chance=math.ceil(tests / settings.alpha),
+        )
         check_claim_lengths(
             [m for _, m in loaded.given()], {f.id: direct(f, ctx) for f in ctx.claim}
         )

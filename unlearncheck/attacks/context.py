@@ -42,12 +42,15 @@ class ProbeContext:
         claim: The facts under test (controls are drawn from these first).
         templates: The template library.
         seed: Seed of every random choice (distractor sampling, control order, option order).
+        min_chance: The least chance statistics the claim's pool needs (its correction's level;
+            0 when power is measured on an original instead): `n_controls` grows to reach it.
     """
 
     facts: FactSet
     claim: FactSet
     templates: Templates
     seed: int = 0
+    min_chance: int = 0
 
     def rng(self, *key: str) -> random.Random:
         """A random generator determined by the seed and ``key``."""
@@ -66,9 +69,12 @@ class ProbeContext:
         """Least control subjects per fact: the claim's pooled chance level must be fine-grained.
 
         The claim's facts share one pool of chance statistics (controls × options per fact), so
-        a large claim needs few controls per fact and a single fact needs many.
+        a large claim needs few controls per fact and a single fact needs many; and the pool
+        must hold `min_chance` statistics (a control gives one per distractor at least).
         """
-        return min(MAX_CONTROLS, max(MIN_CONTROLS, math.ceil(CONTROL_SUBJECTS / len(self.claim))))
+        share = math.ceil(CONTROL_SUBJECTS / len(self.claim))
+        needed = math.ceil(self.min_chance / (len(self.claim) * N_DISTRACTORS))
+        return min(MAX_CONTROLS, max(MIN_CONTROLS, share, needed))
 
     def controls(self, fact: Fact, via: str | None = None) -> tuple[str, ...]:
         """The fact's control subjects: the same for every probe of the fact.
@@ -79,10 +85,13 @@ class ProbeContext:
         and where it still knows them its mass goes to their own answer, which each probe masks
         (`Probe.control_answers`). Subjects whose answer is none of the options are never used:
         a model that knows them makes a confident pick among options that are all wrong, which
-        is not chance. Then, up to `n_controls`, made-up names
-        that no fact mentions, recombined from the words of two subjects whose answers are
-        distractors (of the claim's subjects, then of any), then of any two subjects; their own
-        answers, masked like a subject's, are those of the subjects they borrow words from.
+        is not chance. Then, up to `n_controls`, made-up names that no fact mentions, recombined
+        from the words of two subjects, in this order: two claim subjects whose answers are
+        distractors; any two claim subjects other than the fact's own (under the claim their
+        words are as forgotten as the subject's, so a name made of them is exactly as unknown:
+        names made of known words are read as their known owners, which a subject no longer
+        is); two subjects of any fact whose answers are distractors; any two subjects. Their
+        own answers, masked like a subject's, are those of the subjects they borrow words from.
 
         With ``via`` (a relation whose object is the fact's subject: a chain asked through the
         subject of a ``via`` fact, as "the capital of the country where <landmark> is"), the
@@ -128,7 +137,8 @@ class ProbeContext:
         pools: tuple[Callable[[], list[str]], ...]
         if via is None:
             claim_words, all_words = self._made_up_pools
-            pools = (masked(claim_words), masked(all_words), lambda: claim_words, lambda: all_words)
+            unknown = [n for n in claim_words if fact.subject not in self._borrowed[n]]
+            pools = (masked(claim_words), lambda: unknown, masked(all_words), lambda: all_words)
         else:
             via_words = self._made_up_of(via)
             pools = (masked(via_words), lambda: via_words)
