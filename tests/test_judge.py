@@ -194,7 +194,7 @@ def test_controls_grow_until_the_claims_pool_can_reach_its_corrected_level(world
     plain = ProbeContext(world, claim, Templates.load())
     assert plain.n_controls == math.ceil(128 / 6)
     needed = ProbeContext(world, claim, Templates.load(), min_chance=math.ceil(6 * 7 / 0.05))
-    assert needed.n_controls == math.ceil(840 / (6 * 4)) > plain.n_controls
+    assert needed.n_controls == math.ceil(840 / (6 * 3)) > plain.n_controls
 
 
 def test_a_chain_through_a_landmark_has_landmark_controls_with_their_chain_answers_masked(

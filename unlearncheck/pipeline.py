@@ -276,9 +276,12 @@ class Claim:
         """Check the facts, build the probe context (with calibration peers when
         ``calibrate``), load the models (model, reference, original) and open the run log.
 
-        Without an original, the claim's ``attacks`` tests per fact are corrected together
-        (`_benjamini_hochberg`): the context then draws controls enough for the least p-value of
-        one test to reach alpha / (facts × attacks), where it has subjects enough to draw from.
+        The context draws controls enough for the least p-value to reach the level a verdict
+        needs, where it has subjects enough to draw from: without an original, the claim's
+        ``attacks`` tests per fact are corrected together (`_benjamini_hochberg`), and one test
+        alone must reach alpha / (facts × attacks); with one, an attack vouches for a fact once
+        it recovers it from the original, which needs alpha at least (a claim judged at a small
+        alpha, as each example of a hypothesis search is, needs many controls).
 
         Raises:
             ValueError: No facts.
@@ -295,7 +298,7 @@ class Claim:
         _check_askable(claim_facts, library)  # before any model loads
         loaded = load_models(*models, settings.device)
         templates = library.for_format(prompt_format(loaded))
-        tests = len(claim_facts) * attacks if models[2] is None else 0
+        tests = len(claim_facts) * attacks if models[2] is None else 1
         ctx = ProbeContext(
             known,
             FactSet([*claim_facts, *peers]),

@@ -42,8 +42,8 @@ class ProbeContext:
         claim: The facts under test (controls are drawn from these first).
         templates: The template library.
         seed: Seed of every random choice (distractor sampling, control order, option order).
-        min_chance: The least chance statistics the claim's pool needs (its correction's level;
-            0 when power is measured on an original instead): `n_controls` grows to reach it.
+        min_chance: The least chance statistics the claim's pool needs for its least p-value
+            to reach the level its verdict needs: `n_controls` grows to reach it.
     """
 
     facts: FactSet
@@ -70,10 +70,11 @@ class ProbeContext:
 
         The claim's facts share one pool of chance statistics (controls × options per fact), so
         a large claim needs few controls per fact and a single fact needs many; and the pool
-        must hold `min_chance` statistics (a control gives one per distractor at least).
+        must hold `min_chance` statistics (a control gives one per option it does not mask: of
+        the answer and `N_DISTRACTORS` distractors, a made-up name masks up to two).
         """
         share = math.ceil(CONTROL_SUBJECTS / len(self.claim))
-        needed = math.ceil(self.min_chance / (len(self.claim) * N_DISTRACTORS))
+        needed = math.ceil(self.min_chance / (len(self.claim) * (N_DISTRACTORS - 1)))
         return min(MAX_CONTROLS, max(MIN_CONTROLS, share, needed))
 
     def controls(self, fact: Fact, via: str | None = None) -> tuple[str, ...]:
