@@ -173,20 +173,6 @@ def test_controls_are_claim_subjects_with_a_distractor_answer_then_made_up_names
     assert controls == ProbeContext(world, claim, Templates.load()).controls(fact)  # seeded
 
 
-def test_made_up_controls_are_made_of_the_claims_words_before_known_words(world: FactSet) -> None:
-    """Under the claim its subjects are forgotten, so names made of their words (the fact's own
-    subject's excepted) are as unknown as the subject; names of words the model still knows
-    (subjects outside the claim) come only after them."""
-    claim = world.filter(lambda f: f.relation == "birth_city" and f.subject < "D")  # Ada, Bo, Cy
-    ctx = ProbeContext(world, claim, Templates.load())
-    fact = world["ada-vell/birth_city"]
-    made_up = [c for c in ctx.controls(fact) if c not in claim.subjects()]
-    sources = [ctx.control_answers([c], lambda s: s)[0] for c in made_up]
-    in_claim = [set(pair) <= set(claim.subjects()) - {"Ada Vell"} for pair in sources]
-    assert in_claim[:2] == [True, True] and not any(in_claim[2:])  # Bo Dunn, Cy Rinn first
-    assert all("Ada Vell" not in pair or not in_claim[i] for i, pair in enumerate(sources))
-
-
 def test_controls_grow_until_the_claims_pool_can_reach_its_corrected_level(world: FactSet) -> None:
     """Without an original the claim's facts × attacks tests are corrected together: the pool
     must be able to give a p-value of alpha/m, so each fact draws controls enough for it."""

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from unlearncheck import load_facts
-from unlearncheck.attacks import INPUT_ATTACKS, direct
+from unlearncheck.attacks import INPUT_ATTACKS
 from unlearncheck.facts import FactSet
-from unlearncheck.judge import clopper_pearson_upper
 from unlearncheck.loading import load_model
 from unlearncheck.validity import (
     Matrix,
@@ -91,22 +90,15 @@ def test_multihop_shallow_is_caught_by_multihop_where_the_original_answers_two_h
     assert len(caught) >= 0.6 * len(answered)
 
 
-def test_single_fact_claims_on_gold_fail_at_most_alpha_pooled(zoo: Path, forget: FactSet) -> None:
+def test_single_fact_claims_on_gold_fail_at_most_5_percent(zoo: Path, forget: FactSet) -> None:
     """A claim of one fact borrows its chance level from the other forget facts (calibration
-    peers), so the model that never saw the forget people fails such claims at most alpha of the
-    time: pooled over ``direct`` alone and all input attacks at once, 96 claims each."""
+    peers), so the model that never saw the forget people passes almost every such claim."""
     gold = load_model(str(zoo / "gold"))
     original = load_model(str(zoo / "original"))
     context = load_facts(zoo / "facts.jsonl")
-    failed = 0
-    for attacks in ([direct], INPUT_ATTACKS):
-        ids = single_fact_failures(gold, forget, attacks, original=original, context=context)
-        print(f"\ngold, {'+'.join(a.name for a in attacks)}: {len(ids)} of {len(forget)} FAILED")
-        failed += len(ids)
-    claims = 2 * len(forget)
-    upper = clopper_pearson_upper(failed, claims, 0.05)
-    print(f"pooled: {failed}/{claims} = {failed / claims:.3f} (one-sided 95% bound {upper:.3f})")
-    assert failed <= 0.05 * claims
+    failed = single_fact_failures(gold, forget, INPUT_ATTACKS, original=original, context=context)
+    print(f"\ngold: {len(failed)} of {len(forget)} single-fact claims FAILED: {failed}")
+    assert len(failed) <= 0.05 * len(forget)
 
 
 def test_single_fact_claims_on_the_original_fail(zoo: Path, forget: FactSet) -> None:

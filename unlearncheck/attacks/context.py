@@ -86,13 +86,10 @@ class ProbeContext:
         and where it still knows them its mass goes to their own answer, which each probe masks
         (`Probe.control_answers`). Subjects whose answer is none of the options are never used:
         a model that knows them makes a confident pick among options that are all wrong, which
-        is not chance. Then, up to `n_controls`, made-up names that no fact mentions, recombined
-        from the words of two subjects, in this order: two claim subjects whose answers are
-        distractors; any two claim subjects other than the fact's own (under the claim their
-        words are as forgotten as the subject's, so a name made of them is exactly as unknown:
-        names made of known words are read as their known owners, which a subject no longer
-        is); two subjects of any fact whose answers are distractors; any two subjects. Their
-        own answers, masked like a subject's, are those of the subjects they borrow words from.
+        is not chance. Then, up to `n_controls`, made-up names
+        that no fact mentions, recombined from the words of two subjects whose answers are
+        distractors (of the claim's subjects, then of any), then of any two subjects; their own
+        answers, masked like a subject's, are those of the subjects they borrow words from.
 
         With ``via`` (a relation whose object is the fact's subject: a chain asked through the
         subject of a ``via`` fact, as "the capital of the country where <landmark> is"), the
@@ -138,8 +135,7 @@ class ProbeContext:
         pools: tuple[Callable[[], list[str]], ...]
         if via is None:
             claim_words, all_words = self._made_up_pools
-            unknown = [n for n in claim_words if fact.subject not in self._borrowed[n]]
-            pools = (masked(claim_words), lambda: unknown, masked(all_words), lambda: all_words)
+            pools = (masked(claim_words), masked(all_words), lambda: claim_words, lambda: all_words)
         else:
             via_words = self._made_up_of(via)
             pools = (masked(via_words), lambda: via_words)
