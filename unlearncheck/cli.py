@@ -21,6 +21,7 @@ from unlearncheck.specs import (
     check_seed,
     check_spec,
 )
+from unlearncheck.suggestions import did_you_mean
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -118,7 +119,8 @@ def _validity(args: argparse.Namespace) -> int:
         if unknown:
             known = ", ".join(by_name)
             print(
-                f"unlearncheck validity: --attacks: unknown attack {unknown[0]!r}; known: {known}",
+                f"unlearncheck validity: --attacks: unknown attack {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], by_name)}; known: {known}",
                 file=sys.stderr,
             )
             return 2
