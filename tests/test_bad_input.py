@@ -861,6 +861,11 @@ COMMAND = [
         id="metrics: no reference",
     ),
     pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl"],
+        ("unlearncheck metrics: {tmp}/ok.jsonl has no forget and no retain facts; the scorecard",),
+        id="metrics: neither split, found before any model loads",
+    ),
+    pytest.param(
         ["serve", "{tmp}/no-such-model", "--port=0"],
         ("unlearncheck serve: cannot resolve model spec '{tmp}/no-such-model'",),
         id="serve: no such model",

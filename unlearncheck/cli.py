@@ -194,6 +194,14 @@ def _metrics(args: argparse.Namespace) -> int:
     facts = load_facts(facts_path)
     for spec in specs:  # every spec, before the first model loads
         _check(spec, args)
+    missing = [split for split in ("forget", "retain") if not facts.split(split)]
+    if missing:  # before the first model loads
+        print(
+            f"unlearncheck metrics: {facts_path} has no {' and no '.join(missing)} facts; the "
+            "scorecard needs both splits (a `split` field of 'forget' or 'retain' on each line)",
+            file=sys.stderr,
+        )
+        return 2
     loaded = [_load(spec, args) for spec in specs]
     black_boxes = [m.spec for m in loaded if "weights" not in capabilities_of(m)]
     if black_boxes:
