@@ -861,6 +861,11 @@ COMMAND = [
         id="metrics: no reference",
     ),
     pytest.param(
+        [*METRICS, "--facts={tmp}/ok.jsonl"],
+        ("unlearncheck metrics: {tmp}/ok.jsonl has no forget and no retain facts; the scorecard",),
+        id="metrics: neither split, found before any model loads",
+    ),
+    pytest.param(
         ["serve", "{tmp}/no-such-model", "--port=0"],
         ("unlearncheck serve: cannot resolve model spec '{tmp}/no-such-model'",),
         id="serve: no such model",
@@ -1011,3 +1016,34 @@ def test_the_plugin_loads_pickle_weights_with_allow_pickle(
         "--uc-allow-pickle",
     )
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "suggested"),
+    [
+        ("organism:gld", "'gold'"),
+        ("organism:npogd", "'npo_gd'"),
+        ("organism-real:orignal", "'original'"),
+        ("organsim:gold", "'organism:gold'"),
+        ("orgnism-real:npo_gd", "'organism-real:npo_gd'"),
+    ],
+)
+def test_a_misspelled_spec_gets_a_suggestion(spec: str, suggested: str) -> None:
+    from unlearncheck.specs import check_spec
+
+    with pytest.raises(ModelSpecError, match=f"did you mean {suggested}"):
+        check_spec(spec)
+
+
+def test_misspelled_attacks_get_a_suggestion(
+    tiny_checkpoint: Path, homes: FactSet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unlearncheck.specs import check_spec
+
+    with pytest.raises(TypeError, match=r"unknown attack name \(did you mean 'paraphrase'"):
+        assert_forgotten(str(tiny_checkpoint), homes, ["paraphrse"])  # type: ignore[list-item]
+    assert main(["validity", "--attacks", "direct,quant_4"]) == 2
+    assert "unknown attack 'quant_4' (did you mean 'quant4'?)" in capsys.readouterr().err
+    with pytest.raises(ModelSpecError) as far:
+        check_spec("organism:zzzzzz")
+    assert "did you mean" not in str(far.value)  # nothing close: no suggestion

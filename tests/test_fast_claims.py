@@ -190,7 +190,7 @@ def test_the_plugin_runs_a_claim_on_its_fixtures_and_writes_log_and_report(
         [
             "*ForgettingAssertionError*",
             "*= unlearncheck =*",
-            "claims: 0 passed, 1 failed, 0 inconclusive in 1 tests*",
+            "claims: 0 passed, 1 failed, 0 inconclusive, in 1 tests: 1 failed (*",
             "*direct*judged*recovered (FAIL)*not run, power*%*",
             f"HTML report: {pytester.path / 'out' / 'r.'}*.html (latest: "
             f"{pytester.path / 'out' / 'r.html'})",

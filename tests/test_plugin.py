@@ -149,7 +149,7 @@ def test_gold_passes_with_report_run_log_and_junit(pytester: pytest.Pytester, su
     result.stdout.fnmatch_lines(
         [
             "*= unlearncheck =*",
-            "claims: 2 passed, 0 failed, 0 inconclusive in 2 tests*",
+            "claims: 2 passed, 0 failed, 0 inconclusive, in 2 tests: 2 passed (*",
             "*paraphrase*judged*recovered*not run*",
             f"HTML report: {suite / 'reports' / 'unlearncheck.'}*.html (latest: "
             f"{suite / 'reports' / 'unlearncheck.html'})",

@@ -18,6 +18,7 @@ from unlearncheck.attacks.input import INPUT_ATTACKS
 from unlearncheck.facts import Fact
 from unlearncheck.loading import ModelLike
 from unlearncheck.pipeline import Claim, ClaimOptions, Settings, forget_power_runs
+from unlearncheck.suggestions import did_you_mean
 from unlearncheck.verdict import AttackOutcome, FactVerdict, Status, Verdict
 
 if sys.version_info >= (3, 11):
@@ -64,6 +65,7 @@ def assert_forgotten(
         ForgettingAssertionError: Some attack recovered the knowledge of some fact.
         InconclusiveError: The claim could not be decided (and ``on_inconclusive="raise"``).
     """
+    __tracebackhide__ = True  # pytest shows the test's line, not this frame
     settings = Settings.of("assert_forgotten", options)
     _check_attacks(attacks)
     return _decided(lambda: _forgotten(settings, model, facts, attacks, original, reference))
@@ -82,6 +84,7 @@ def _decided(decide: Callable[[], _Decision]) -> Verdict:
     the claim decided again on fresh scores. The verdict's config records ``score_cache``: how
     many of its scores came from the cache, how many were re-checked, and why it was discarded.
     """
+    __tracebackhide__ = True  # pytest shows the test's line, not this frame
     discarded = None
     for _ in range(2):
         with scoring.cache_ledger() as ledger:
@@ -149,7 +152,7 @@ def _check_attacks(attacks: Sequence[Attack]) -> None:
             fix = (
                 f"pass the attack itself, unlearncheck.attacks.{attack}"
                 if attack in names
-                else f"unknown attack name; known attacks: {known}"
+                else f"unknown attack name{did_you_mean(attack, names)}; known attacks: {known}"
             )
             raise TypeError(f"attacks[{position}] is the name {attack!r}, not an attack: {fix}")
         if not isinstance(attack, Attack):
@@ -252,6 +255,7 @@ def assert_retained(
         ForgettingAssertionError: Too many facts were lost, or the accuracy dropped too far.
         InconclusiveError: No fact could be decided (and ``on_inconclusive="raise"``).
     """
+    __tracebackhide__ = True  # pytest shows the test's line, not this frame
     settings = Settings.of("assert_retained", options)
     for name, value in (("max_loss", max_loss), ("max_drop", max_drop)):
         if not 0 <= value <= 1:

@@ -21,6 +21,7 @@ from unlearncheck.specs import (
     check_seed,
     check_spec,
 )
+from unlearncheck.suggestions import did_you_mean
 
 if TYPE_CHECKING:
     from unlearncheck.backends.hf import HFModel
@@ -118,7 +119,8 @@ def _validity(args: argparse.Namespace) -> int:
         if unknown:
             known = ", ".join(by_name)
             print(
-                f"unlearncheck validity: --attacks: unknown attack {unknown[0]!r}; known: {known}",
+                f"unlearncheck validity: --attacks: unknown attack {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], by_name)}; known: {known}",
                 file=sys.stderr,
             )
             return 2
@@ -192,6 +194,14 @@ def _metrics(args: argparse.Namespace) -> int:
     facts = load_facts(facts_path)
     for spec in specs:  # every spec, before the first model loads
         _check(spec, args)
+    missing = [split for split in ("forget", "retain") if not facts.split(split)]
+    if missing:  # before the first model loads
+        print(
+            f"unlearncheck metrics: {facts_path} has no {' and no '.join(missing)} facts; the "
+            "scorecard needs both splits (a `split` field of 'forget' or 'retain' on each line)",
+            file=sys.stderr,
+        )
+        return 2
     loaded = [_load(spec, args) for spec in specs]
     black_boxes = [m.spec for m in loaded if "weights" not in capabilities_of(m)]
     if black_boxes:

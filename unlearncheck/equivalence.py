@@ -185,6 +185,7 @@ def assert_equivalent(
         EquivalenceAssertionError: The claim failed (with ``raise_on_fail``).
         ValueError: No prompts, ``n`` < 1, or models with different vocabularies.
     """
+    __tracebackhide__ = True  # pytest shows the test's line, not this frame
     prompts = as_prompts(prompts_or_facts, templates)
     models = load_models(model, reference, original, device)
     pool = SamplePool(

@@ -457,6 +457,7 @@ class Claim:
         self, status: Status, verdicts: list[FactVerdict], config: dict[str, Any]
     ) -> Verdict:
         """The verdict, logged and published; raised as the settings say."""
+        __tracebackhide__ = True  # pytest shows the test's line, not this frame
         facts = self.facts
         name = self.settings.claim or (
             f"{self.kind}: {facts[0].id}" if len(facts) == 1 else f"{self.kind}: {len(facts)} facts"
@@ -533,6 +534,7 @@ def finish(
     """End a claim: its cases and verdict in the run log, the verdict published, and ``error``
     raised on FAIL (with ``raise_on_fail``) or `InconclusiveError` on INCONCLUSIVE (with
     ``on_inconclusive="raise"``)."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this frame
     if log is not None:
         for fact in verdict.facts:
             for outcome in fact.attacks:

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unlearncheck.suggestions import closest, did_you_mean
+
 if TYPE_CHECKING:
     import torch
 
@@ -91,9 +93,12 @@ def resolve_spec(spec: str) -> Path:
     try:
         return Path(snapshot_download(spec, local_files_only=True))
     except (HFValidationError, LocalEntryNotFoundError) as err:
+        prefix, colon, variant = spec.partition(":")
+        known = closest(prefix + colon, (ORGANISM_PREFIX, REAL_ORGANISM_PREFIX)) if colon else None
+        hint = f" (did you mean {known + variant!r}?)" if known else ""
         raise ModelSpecError(
-            f"cannot resolve model spec {spec!r}: it is not an existing directory and not a "
-            f"Hugging Face hub id in the local cache ({HF_HUB_CACHE}); downloads are disabled, "
+            f"cannot resolve model spec {spec!r}{hint}: it is not an existing directory and not "
+            f"a Hugging Face hub id in the local cache ({HF_HUB_CACHE}); downloads are disabled, "
             f"so fetch the model into the cache first ({err})"
         ) from err
 
@@ -133,8 +138,8 @@ def _resolve_real_organism(spec: str) -> Path:
     variant = spec.removeprefix(REAL_ORGANISM_PREFIX)
     if variant not in REAL_VARIANTS:
         raise ModelSpecError(
-            f"real organism spec {spec!r}: unknown variant {variant!r}; "
-            f"known: {', '.join(REAL_VARIANTS)}"
+            f"real organism spec {spec!r}: unknown variant {variant!r}"
+            f"{did_you_mean(variant, REAL_VARIANTS)}; known: {', '.join(REAL_VARIANTS)}"
         )
     return real_checkpoint_path(variant)
 
@@ -174,8 +179,8 @@ def check_spec(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
 
         if variant not in VARIANTS:
             raise ModelSpecError(
-                f"organism spec {spec!r}: unknown organism variant {variant!r}; "
-                f"known: {', '.join(VARIANTS)}"
+                f"organism spec {spec!r}: unknown organism variant {variant!r}"
+                f"{did_you_mean(variant, VARIANTS)}; known: {', '.join(VARIANTS)}"
             )
         return
     check_checkpoint(

@@ -46,7 +46,11 @@ from unlearncheck.pytest_plugin.fixtures import (
     unlearned,
     worker_gpu,
 )
-from unlearncheck.pytest_plugin.inconclusive import InconclusiveClaimWarning, pytest_pyfunc_call
+from unlearncheck.pytest_plugin.inconclusive import (
+    InconclusiveClaimWarning,
+    pytest_pyfunc_call,
+    pytest_report_teststatus,
+)
 from unlearncheck.pytest_plugin.options import (
     DEFAULT_REPORT,
     Options,
@@ -86,6 +90,7 @@ __all__ = [
     "pytest_addoption",
     "pytest_configure",
     "pytest_pyfunc_call",
+    "pytest_report_teststatus",
     "pytest_runtest_makereport",
     "pytest_runtest_protocol",
     "pytest_sessionstart",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from unlearncheck import events
+from unlearncheck.pytest_plugin.inconclusive import mark_inconclusive
 from unlearncheck.pytest_plugin.options import FACTS_FILE
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def pytest_runtest_makereport(
     which is the report the controller reads them from, and JUnit XML writes properties from.
     """
     report = yield
+    mark_inconclusive(item, call, report)
     pending = item.stash.get(_PENDING, [])
     if pending:
         for verdict in pending:

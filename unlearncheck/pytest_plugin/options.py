@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal, cast
 
 import pytest
 
+from unlearncheck.suggestions import did_you_mean
+
 if TYPE_CHECKING:
     from unlearncheck.facts import FactSet
 
@@ -206,7 +208,11 @@ def set_defaults(config: pytest.Config, **values: str) -> None:
     known = {name.replace("-", "_") for name, _ in (*_OPTIONS, *_FLAGS)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown unlearncheck options: {', '.join(sorted(unknown))}")
+        first = sorted(unknown)[0]
+        raise ValueError(
+            f"unknown unlearncheck options: {', '.join(sorted(unknown))}"
+            f"{did_you_mean(first, known)}"
+        )
     config.stash.setdefault(_DEFAULTS, {}).update(values)
     if _OPTIONS_KEY in config.stash:
         del config.stash[_OPTIONS_KEY]

@@ -34,6 +34,7 @@ from unlearncheck.outputs import (
     session_file,
 )
 from unlearncheck.pytest_plugin.evidence import facts_file_of, verdicts_of
+from unlearncheck.pytest_plugin.inconclusive import is_inconclusive
 from unlearncheck.pytest_plugin.options import FACTS_FILE, get_options
 from unlearncheck.untrusted import shown
 
@@ -145,6 +146,8 @@ def start_case_log(config: pytest.Config) -> None:
 class _Test:
     outcome: str = "passed"
     duration: float = 0.0
+    #: An INCONCLUSIVE claim ended the test (pytest counts it "inconclusive").
+    inconclusive: bool = False
 
 
 class Collector:
@@ -162,6 +165,10 @@ class Collector:
         self.html_error: str | None = None
         #: Latest links that could not be pointed at this session's files (why).
         self.link_errors: list[str] = []
+        #: pytest's count of each test that ran a claim: passed, failed, inconclusive, ...
+        self.test_counts: Counter[str] = Counter()
+        #: Failed tests that an INCONCLUSIVE claim ended: their explanations, for the summary.
+        self.inconclusive_failures: list[pytest.TestReport] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Track the test's outcome; write its verdicts when its last phase is reported, or that
@@ -175,6 +182,9 @@ class Collector:
         test = self.tests.setdefault(report.nodeid, _Test())
         if report.when == "call":
             test.duration = report.duration
+            test.inconclusive = is_inconclusive(report)
+            if test.inconclusive and report.failed:
+                self.inconclusive_failures.append(report)
         if report.outcome != "passed" and test.outcome != "failed":
             test.outcome = report.outcome
         if report.when != "teardown":
@@ -193,6 +203,8 @@ class Collector:
         for verdict in last.values():
             self.write(verdict, report.nodeid, test)
             self.seconds[report.nodeid] = test.duration
+        if last:
+            self.test_counts["inconclusive" if test.inconclusive else test.outcome] += 1
 
     def _open_log(self) -> RunLog:
         """The session's own run log, started on first use, and the ``--uc-json`` link pointed
@@ -265,6 +277,10 @@ class Collector:
         lines = self.summary()
         if lines:
             terminalreporter.section("unlearncheck")
+            for report in self.inconclusive_failures:
+                title = report.head_line or report.nodeid
+                terminalreporter.write_sep("_", f"INCONCLUSIVE: {title}")
+                terminalreporter.write_line(report.longreprtext)
             for line in lines:
                 terminalreporter.write_line(line)
 
@@ -273,10 +289,11 @@ class Collector:
         if self.log is None:
             return []
         claims = Counter(r["status"] for r in self.records)
+        tests = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.test_counts.items()))
         lines = [
             f"claims: {claims['PASS']} passed, {claims['FAIL']} failed, "
-            f"{claims['INCONCLUSIVE']} inconclusive "
-            f"in {len(self.seconds)} tests ({sum(self.seconds.values()):.1f}s in their calls)"
+            f"{claims['INCONCLUSIVE']} inconclusive, in {len(self.seconds)} tests: {tests} "
+            f"({sum(self.seconds.values()):.1f}s in their calls)"
         ]
         lines += _attack_lines(self.records)
         for record in self.not_completed:
