@@ -215,6 +215,10 @@ def test_metrics_and_generate_outputs_are_replaced_only_when_unlearncheck_wrote_
     assert is_scorecards_file(cards) and is_generated_facts_file(elicited)
     assert not is_scorecards_file(tmp_path / "other.json") and not is_scorecards_file(elicited)
     assert not is_generated_facts_file(mine) and not is_generated_facts_file(cards)
+    (tmp_path / "empty.json").write_text("[]")  # a file the user made: nothing says it is ours
+    (tmp_path / "empty.jsonl").write_text("")
+    assert not is_scorecards_file(tmp_path / "empty.json")
+    assert not is_generated_facts_file(tmp_path / "empty.jsonl")
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:

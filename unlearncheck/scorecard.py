@@ -193,7 +193,8 @@ def is_scorecards_file(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     names = {f.name for f in fields(Scorecard)}
-    return isinstance(data, list) and all(isinstance(r, dict) and set(r) == names for r in data)
+    records = data if isinstance(data, list) else []
+    return bool(records) and all(isinstance(r, dict) and set(r) == names for r in records)
 
 
 def write_scorecards(cards: Sequence[Scorecard], path: Path) -> None:

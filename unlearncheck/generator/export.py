@@ -147,4 +147,4 @@ def is_generated_facts_file(path: Path) -> bool:
         facts = load_facts(path)
     except (OSError, FactFormatError):
         return False
-    return all("elicited_from" in fact.metadata for fact in facts)
+    return bool(facts) and all("elicited_from" in fact.metadata for fact in facts)
