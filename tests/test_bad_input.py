@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1047,3 +1048,10 @@ def test_misspelled_attacks_get_a_suggestion(
     with pytest.raises(ModelSpecError) as far:
         check_spec("organism:zzzzzz")
     assert "did you mean" not in str(far.value)  # nothing close: no suggestion
+
+
+def test_a_misspelled_option_default_gets_a_suggestion(pytestconfig: pytest.Config) -> None:
+    from unlearncheck.pytest_plugin import set_defaults
+
+    with pytest.raises(ValueError, match=re.escape("batchsize (did you mean 'batch_size'?)")):
+        set_defaults(pytestconfig, batchsize="8")  # refused before anything is set

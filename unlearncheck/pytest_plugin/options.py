@@ -208,11 +208,9 @@ def set_defaults(config: pytest.Config, **values: str) -> None:
     known = {name.replace("-", "_") for name, _ in (*_OPTIONS, *_FLAGS)}
     unknown = set(values) - known
     if unknown:
-        first = sorted(unknown)[0]
-        raise ValueError(
-            f"unknown unlearncheck options: {', '.join(sorted(unknown))}"
-            f"{did_you_mean(first, known)}"
-        )
+        names = sorted(unknown)
+        hint = did_you_mean(names[0], known)
+        raise ValueError(f"unknown unlearncheck options: {', '.join(names)}{hint}")
     config.stash.setdefault(_DEFAULTS, {}).update(values)
     if _OPTIONS_KEY in config.stash:
         del config.stash[_OPTIONS_KEY]
