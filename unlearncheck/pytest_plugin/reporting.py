@@ -53,6 +53,8 @@ __all__ = [
 
 #: Characters of one untrusted string (an attack name, an error message) in the terminal summary.
 SUMMARY_CHARS = 200
+#: Characters of an INCONCLUSIVE test's explanation printed in the summary.
+EXPLANATION_CHARS = 20_000
 #: Names the session's case logs; set by the controller, inherited by xdist workers.
 SESSION_ENV = "UNLEARNCHECK_SESSION"
 #: The phase pytest-xdist gives the report of a test whose worker died while running it.
@@ -280,7 +282,8 @@ class Collector:
             for report in self.inconclusive_failures:
                 title = report.head_line or report.nodeid
                 terminalreporter.write_sep("_", f"INCONCLUSIVE: {title}")
-                terminalreporter.write_line(report.longreprtext)
+                text = report.longreprtext  # holds model output: shown inert
+                terminalreporter.write_line(shown(text, limit=EXPLANATION_CHARS, keep="\n\t"))
             for line in lines:
                 terminalreporter.write_line(line)
 
