@@ -309,6 +309,9 @@ def _finetune(
         raise ValueError("relearn needs documents: no fact has the attacker's split")
     tuned = copy.deepcopy(model.model)
     tuned.train()
+    # The causal LM loss, which transformers picks anyway; named, it does not warn
+    # "loss_type=None ... unrecognized" for a model class whose name does not say ForCausalLM.
+    tuned.loss_type = "ForCausalLM"
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     tokenizer = model.tokenizer
