@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
 from unlearncheck import cli
 from unlearncheck.backends.hf import PROMPT_FORMATS, HFModel
@@ -343,3 +344,14 @@ def test_device_auto_without_accelerate_is_a_clear_error(
     config = _config(pytester, "--uc-device=auto")
     with pytest.raises(pytest.UsageError, match=r"^--uc-device: device 'auto' .* accelerate"):
         plugin_options.check_inputs(config, get_options(config))
+
+
+def test_loading_a_checkpoint_draws_no_weight_bar_where_no_one_watches(
+    tiny_checkpoint: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Captured (not a terminal), a load leaves no "Loading weights" bar; transformers' global
+    switch is left as it was."""
+    before = hf_logging.is_progress_bar_enabled()
+    HFModel.load(str(tiny_checkpoint), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled() == before

@@ -6,6 +6,9 @@ Everything is checked before a weight is read: the device, the dtype, the checkp
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -19,6 +22,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from unlearncheck.specs import (
     SPREAD,
@@ -132,15 +136,16 @@ def _load_weights(
             model.
     """
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(
-            path,
-            config=config,
-            use_safetensors=None if allow_pickle else True,
-            trust_remote_code=trust_remote_code,
-            dtype=dtype,
-            device_map=SPREAD if device == SPREAD else None,
-            output_loading_info=True,
-        )
+        with _weight_bar_on_terminals():
+            loaded = AutoModelForCausalLM.from_pretrained(
+                path,
+                config=config,
+                use_safetensors=None if allow_pickle else True,
+                trust_remote_code=trust_remote_code,
+                dtype=dtype,
+                device_map=SPREAD if device == SPREAD else None,
+                output_loading_info=True,
+            )
     except (OSError, SafetensorError) as err:
         raise ModelSpecError(f"{path}: cannot load its weights: {err}") from err
     except ImportError as err:  # device_map without accelerate
@@ -217,3 +222,22 @@ def _check_vocabulary(
             f"{rows} rows (config.json vocab_size): token ids from {rows} up would index past "
             "it, so the tokenizer does not belong to this model"
         )
+
+
+@contextmanager
+def _weight_bar_on_terminals() -> Iterator[None]:
+    """transformers' "Loading weights" bar only where a person watches a terminal.
+
+    A claim loads several models and an attack derives more; written to a log, a captured test
+    output or a pipe, each load leaves a bar of carriage returns. transformers' switch is global,
+    so it is restored as it was.
+    """
+    shown = hf_logging.is_progress_bar_enabled()
+    quiet = shown and not sys.stderr.isatty()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
