@@ -134,6 +134,24 @@ def test_relearning_documents_are_chat_exchanges_for_a_chat_model(
     assert qa == [bos, *tokenizer("where is the red king from paris")["input_ids"], eos]
 
 
+def test_relearning_names_its_loss_so_transformers_does_not_warn(
+    tiny_checkpoint: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A GPT-2 class name does not say ForCausalLM, so transformers warned "loss_type=None ...
+    unrecognized" on each fine-tune; the relearned copy names the loss it uses anyway."""
+    import logging
+
+    from unlearncheck.attacks.model import _finetune
+
+    logging.Logger.warning_once.cache_clear()  # type: ignore[attr-defined]  # transformers' once
+    plain = HFModel.load(str(tiny_checkpoint), device="cpu")
+    tuned = _finetune(
+        plain, [("", "the red king is from paris")], steps=1, lr=1e-3, batch_size=1, seed=0
+    )
+    assert tuned.model.loss_type == "ForCausalLM"
+    assert "loss_type" not in capfd.readouterr().err
+
+
 def test_a_chat_claim_fails_a_model_that_learned_its_facts_in_chat_and_passes_one_that_did_not(
     chat_checkpoint: Path, homes: FactSet
 ) -> None:

@@ -193,8 +193,11 @@ def is_scorecards_file(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     names = {f.name for f in fields(Scorecard)}
-    records = data if isinstance(data, list) else []
-    return bool(records) and all(isinstance(r, dict) and set(r) == names for r in records)
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(isinstance(r, dict) and set(r) == names for r in data)
+    )
 
 
 def write_scorecards(cards: Sequence[Scorecard], path: Path) -> None:
